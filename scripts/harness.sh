@@ -1,0 +1,494 @@
+#!/usr/bin/env bash
+# A real control plane and a real Kafka broker on this machine, for the tests.
+#
+#   scripts/harness.sh start    etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+#                               kwok (one fake Ready node) and a single-node KRaft Kafka broker
+#   scripts/harness.sh stop     stop everything `start` started (also after a failed start)
+#   scripts/harness.sh status   which components run and answer; non-zero if one does not
+#   scripts/harness.sh env      print `export KUBECONFIG=… KAFKA_BOOTSTRAP=…` for the tests
+#   scripts/harness.sh logs     print the tail of every component's log
+#
+# Environment:
+#   INPUTBOT_HARNESS_DIR   state directory (certs, data, logs, pids); default /tmp/inputbot-harness
+#   INPUTBOT_PORT_BASE     first of 8 consecutive loopback ports; default 24100
+#   INPUTBOT_HARNESS_TIMEOUT  seconds to wait for each component; default 180
+#   INPUTBOT_HARNESS_KEEP_ON_FAILURE=1  leave processes running when start fails (to debug)
+# Two harnesses coexist when both variables differ. Binaries come from
+# scripts/tools.sh (run it first; `start` says so when something is missing).
+set -euo pipefail
+
+SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STATE="${INPUTBOT_HARNESS_DIR:-${TMPDIR:-/tmp}/inputbot-harness}"
+BASE="${INPUTBOT_PORT_BASE:-24100}"
+TIMEOUT="${INPUTBOT_HARNESS_TIMEOUT:-180}"
+
+ETCD_PORT=$((BASE + 0))
+ETCD_PEER_PORT=$((BASE + 1))
+API_PORT=$((BASE + 2))
+CM_PORT=$((BASE + 3))
+SCHED_PORT=$((BASE + 4))
+KWOK_PORT=$((BASE + 5))
+KAFKA_PORT=$((BASE + 6))
+KAFKA_CTL_PORT=$((BASE + 7))
+ALL_PORTS=("$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$CM_PORT" "$SCHED_PORT" "$KWOK_PORT" "$KAFKA_PORT" "$KAFKA_CTL_PORT")
+
+# Start order; stop goes in reverse.
+COMPONENTS=(kafka etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+NODE_NAME=kwok-node-0
+SERVICE_CIDR=10.96.0.0/24
+POD_CIDR=10.244.0.1/16
+
+log() { printf '[harness %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes --
+
+pidfile() { echo "$STATE/pids/$1.pid"; }
+
+# True when the pid in the component's pid file is alive and is ours (its
+# command line mentions the state directory: guards against pid reuse).
+alive() {
+  local f pid
+  f="$(pidfile "$1")"
+  [[ -f "$f" ]] || return 1
+  pid="$(<"$f")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$STATE"
+}
+
+# launch NAME CMD...: start CMD in its own session/process group (so stop can
+# kill it and all of its children), every fd away from our stdio so that a
+# caller reading our output never waits on it.
+launch() {
+  local name="$1"; shift
+  mkdir -p "$STATE/pids" "$STATE/logs"
+  setsid "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$(pidfile "$name")"
+  log "$name: started (pid $!, log $STATE/logs/$name.log)"
+}
+
+stop_one() {
+  local name="$1" f pid i
+  f="$(pidfile "$name")"
+  [[ -f "$f" ]] || return 0
+  if alive "$name"; then
+    pid="$(<"$f")"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      kill -0 -- "-$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 -- "-$pid" 2>/dev/null; then
+      log "$name: did not stop within 10s, killing"
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+    log "$name: stopped (pid $pid)"
+  fi
+  rm -f "$f"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_until NAME TIMEOUT CMD...: poll CMD until it succeeds; fail if the
+# component's process died or the time is up.
+wait_until() {
+  local name="$1" limit="$2" start=$SECONDS; shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! alive "$name"; then
+      die "$name: exited while starting (see its log below)"
+    fi
+    if (( SECONDS - start >= limit )); then
+      die "$name: not ready after ${limit}s"
+    fi
+    sleep 0.5
+  done
+  log "$name: ready ($((SECONDS - start))s)"
+}
+
+tail_logs() {
+  local f
+  for f in "$STATE"/logs/*.log; do
+    [[ -f "$f" ]] || continue
+    printf '\n===== %s (last 30 lines) =====\n' "$f" >&2
+    tail -n 30 "$f" >&2
+  done
+}
+
+# ------------------------------------------------------------------ helpers --
+
+admin_token() { cat "$STATE/pki/admin.token"; }
+
+api() {  # api METHOD PATH [curl args…]
+  local method="$1" path="$2"; shift 2
+  curl -sS --fail-with-body --max-time 10 --cacert "$STATE/pki/ca.crt" \
+    -H "Authorization: Bearer $(admin_token)" -X "$method" \
+    "https://127.0.0.1:$API_PORT$path" "$@"
+}
+
+json_check() {  # json_check PY_EXPR < json: exit 0 when the expression is true for `d`
+  python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if eval(sys.argv[1]) else 1)' "$1"
+}
+
+write_kubeconfig() {  # FILE USER TOKEN
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: inputbot-harness
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $(base64 -w0 <"$STATE/pki/ca.crt")
+users:
+- name: $2
+  user:
+    token: $3
+contexts:
+- name: inputbot-harness
+  context: {cluster: inputbot-harness, user: $2, namespace: default}
+current-context: inputbot-harness
+EOF
+}
+
+make_pki() {
+  local d="$STATE/pki"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
+      -subj "/CN=inputbot-harness-ca" 2>/dev/null
+    cat >apiserver.ext <<EOF
+basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EOF
+    openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr \
+      -subj "/CN=kube-apiserver" 2>/dev/null
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -out apiserver.crt -days 2 -extfile apiserver.ext 2>/dev/null
+    # One service-account key: signs tokens (apiserver, controller-manager) and verifies them.
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    local who tok
+    : >tokens.csv
+    for who in admin kube-controller-manager kube-scheduler kwok; do
+      tok="$(openssl rand -hex 24)"
+      echo "$tok" >"$who.token"
+      case "$who" in
+        admin) echo "$tok,admin,uid-admin,\"system:masters\"" >>tokens.csv ;;
+        kube-scheduler) echo "$tok,system:kube-scheduler,uid-$who" >>tokens.csv ;;
+        *) echo "$tok,system:$who,uid-$who,\"system:masters\"" >>tokens.csv ;;
+      esac
+    done
+    chmod 600 ./*.key ./*.token tokens.csv
+  )
+  local who
+  for who in admin kube-controller-manager kube-scheduler kwok; do
+    write_kubeconfig "$STATE/$who.kubeconfig" "$who" "$(<"$d/$who.token")"
+  done
+}
+
+# --------------------------------------------------------------- components --
+
+start_kafka() {
+  local d="$STATE/kafka" id
+  mkdir -p "$d/data"
+  cat >"$d/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CTL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$d/data
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=3
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+delete.topic.enable=true
+log.flush.interval.messages=9223372036854775807
+EOF
+  cat >"$d/log4j2.properties" <<'EOF'
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+EOF
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$d/log4j2.properties" -Dkafka.logs.dir="$d/logs")
+  id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"
+  mkdir -p "$STATE/logs"
+  java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.tools.StorageTool format \
+    -t "$id" -c "$d/server.properties" >"$STATE/logs/kafka-format.log" 2>&1 \
+    || die "kafka: storage format failed (see $STATE/logs/kafka-format.log)"
+  launch kafka java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.Kafka "$d/server.properties"
+}
+
+kafka_ready() {
+  port_busy "$KAFKA_PORT" && grep -q 'Kafka Server started' "$STATE/logs/kafka.log"
+}
+
+start_etcd() {
+  launch etcd "$INPUTBOT_ETCD" --name=harness --data-dir="$STATE/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="harness=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --log-level=warn
+}
+
+etcd_ready() {
+  curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'
+}
+
+start_apiserver() {
+  local p="$STATE/pki"
+  launch kube-apiserver "$INPUTBOT_KUBE_APISERVER" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --cert-dir="$STATE/kube-apiserver" \
+    --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+    --client-ca-file="$p/ca.crt" \
+    --token-auth-file="$p/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-key-file="$p/sa.key" \
+    --service-account-signing-key-file="$p/sa.key" \
+    --service-account-issuer="https://kubernetes.default.svc.cluster.local" \
+    --api-audiences="https://kubernetes.default.svc.cluster.local" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --allow-privileged=true \
+    --profiling=false \
+    --v=1
+}
+
+apiserver_ready() {
+  [[ "$(api GET /readyz)" == ok ]]
+}
+
+start_controller_manager() {
+  local p="$STATE/pki"
+  launch kube-controller-manager "$INPUTBOT_KUBE_CONTROLLER_MANAGER" \
+    --kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$CM_PORT" --cert-dir="$STATE/kube-controller-manager" \
+    --controllers='*' --leader-elect=false \
+    --service-account-private-key-file="$p/sa.key" \
+    --root-ca-file="$p/ca.crt" \
+    --cluster-signing-cert-file="$p/ca.crt" --cluster-signing-key-file="$p/ca.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --profiling=false \
+    --v=1
+}
+
+start_scheduler() {
+  launch kube-scheduler "$INPUTBOT_KUBE_SCHEDULER" \
+    --kubeconfig="$STATE/kube-scheduler.kubeconfig" \
+    --authentication-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
+    --authorization-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --cert-dir="$STATE/kube-scheduler" \
+    --leader-elect=false \
+    --profiling=false \
+    --v=1
+}
+
+healthz() { [[ "$(curl -sk --max-time 2 "https://127.0.0.1:$1/healthz")" == ok ]]; }
+
+start_kwok() {
+  # kwok manages only nodes annotated kwok.x-k8s.io/node=fake. Our node carries
+  # no kwok.x-k8s.io/node taint, so ordinary Deployments schedule onto it with
+  # no toleration.
+  launch kwok "$INPUTBOT_KWOK" \
+    --kubeconfig="$STATE/kwok.kubeconfig" \
+    --config="$INPUTBOT_KWOK_STAGES" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 \
+    --node-ip=127.0.0.1 \
+    --cidr="$POD_CIDR" \
+    --server-address="127.0.0.1:$KWOK_PORT"
+}
+
+create_node() {
+  api POST /api/v1/nodes -H 'Content-Type: application/json' -o /dev/null -d @- <<EOF
+{
+  "apiVersion": "v1",
+  "kind": "Node",
+  "metadata": {
+    "name": "$NODE_NAME",
+    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+    "labels": {
+      "kubernetes.io/hostname": "$NODE_NAME",
+      "kubernetes.io/os": "linux",
+      "kubernetes.io/arch": "amd64",
+      "kubernetes.io/role": "agent",
+      "type": "kwok"
+    }
+  },
+  "spec": {},
+  "status": {
+    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}
+  }
+}
+EOF
+}
+
+node_ready() {
+  api GET "/api/v1/nodes/$NODE_NAME" \
+    | json_check 'any(c["type"]=="Ready" and c["status"]=="True" for c in d.get("status",{}).get("conditions",[])) and not d["spec"].get("taints")'
+}
+
+default_sa_exists() { api GET /api/v1/namespaces/default/serviceaccounts/default; }
+
+# -------------------------------------------------------------------- verbs --
+
+load_tools() {
+  # shellcheck disable=SC1090
+  source <("$SCRIPTS/tools.sh" paths)
+  "$SCRIPTS/tools.sh" check >/dev/null 2>&1 || {
+    "$SCRIPTS/tools.sh" check || true
+    die "tools missing: run scripts/tools.sh first"
+  }
+}
+
+write_env() {
+  cat >"$STATE/harness.env" <<EOF
+export KUBECONFIG='$STATE/admin.kubeconfig'
+export KAFKA_BOOTSTRAP='127.0.0.1:$KAFKA_PORT'
+export INPUTBOT_HARNESS_DIR='$STATE'
+export INPUTBOT_PORT_BASE='$BASE'
+EOF
+}
+
+cmd_stop() {
+  local i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    stop_one "${COMPONENTS[$i]}"
+  done
+  # Any pid file we do not know about (a renamed component, an older version).
+  local f
+  for f in "$STATE"/pids/*.pid; do
+    [[ -f "$f" ]] || continue
+    stop_one "$(basename "$f" .pid)"
+  done
+  rm -f "$STATE/harness.env"
+  local p busy=()
+  for p in "${ALL_PORTS[@]}"; do
+    port_busy "$p" && busy+=("$p")
+  done
+  if (( ${#busy[@]} )); then
+    sleep 1
+    local still=()
+    for p in "${busy[@]}"; do port_busy "$p" && still+=("$p"); done
+    (( ${#still[@]} == 0 )) || log "warning: ports still in use after stop: ${still[*]}"
+  fi
+  log "stopped (state kept in $STATE)"
+}
+
+on_start_failure() {
+  local rc=$?
+  trap - EXIT
+  (( rc == 0 )) && return 0
+  log "start FAILED; component logs:"
+  tail_logs
+  if [[ "${INPUTBOT_HARNESS_KEEP_ON_FAILURE:-}" == 1 ]]; then
+    log "INPUTBOT_HARNESS_KEEP_ON_FAILURE=1: leaving processes running; run '$0 stop' later"
+  else
+    cmd_stop || true
+  fi
+  exit "$rc"
+}
+
+cmd_start() {
+  local t0=$SECONDS
+  if [[ -f "$STATE/harness.env" ]] && cmd_status >/dev/null 2>&1; then
+    log "already running in $STATE"
+    return 0
+  fi
+  load_tools
+  need_cmd curl; need_cmd openssl; need_cmd java; need_cmd python3; need_cmd setsid
+  cmd_stop >/dev/null 2>&1 || true
+  local p
+  for p in "${ALL_PORTS[@]}"; do
+    port_busy "$p" && die "port $p is in use: pick other ports with INPUTBOT_PORT_BASE (now $BASE; 8 ports from it)"
+  done
+  trap on_start_failure EXIT
+  # Fresh cluster and broker every start.
+  rm -rf "$STATE/etcd" "$STATE/kafka" "$STATE/logs" "$STATE/pki" "$STATE/pids" \
+    "$STATE/kube-apiserver" "$STATE/kube-controller-manager" "$STATE/kube-scheduler"
+  mkdir -p "$STATE/logs" "$STATE/pids"
+  log "state in $STATE, ports $BASE-$((BASE + 7))"
+  make_pki
+  start_kafka            # the JVM warms up while the control plane starts
+  start_etcd
+  wait_until etcd 60 etcd_ready
+  start_apiserver
+  wait_until kube-apiserver "$TIMEOUT" apiserver_ready
+  start_controller_manager
+  start_scheduler
+  start_kwok
+  wait_until kube-controller-manager "$TIMEOUT" healthz "$CM_PORT"
+  wait_until kube-scheduler "$TIMEOUT" healthz "$SCHED_PORT"
+  wait_until kwok "$TIMEOUT" curl -sf --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz"
+  create_node || die "could not create node $NODE_NAME"
+  wait_until kwok "$TIMEOUT" node_ready
+  wait_until kube-controller-manager "$TIMEOUT" default_sa_exists
+  wait_until kafka "$TIMEOUT" kafka_ready
+  write_env
+  trap - EXIT
+  log "harness up in $((SECONDS - t0))s; use: eval \"\$($0 env)\""
+}
+
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not on PATH"; }
+
+cmd_status() {
+  local bad=0 c state
+  for c in "${COMPONENTS[@]}"; do
+    if alive "$c"; then state="running (pid $(<"$(pidfile "$c")"))"; else state="not running"; bad=1; fi
+    printf '%-24s %s\n' "$c" "$state"
+  done
+  if (( bad == 0 )); then
+    etcd_ready || { echo "etcd: not healthy"; bad=1; }
+    apiserver_ready || { echo "kube-apiserver: not ready"; bad=1; }
+    healthz "$CM_PORT" || { echo "kube-controller-manager: not healthy"; bad=1; }
+    healthz "$SCHED_PORT" || { echo "kube-scheduler: not healthy"; bad=1; }
+    node_ready || { echo "node $NODE_NAME: not Ready"; bad=1; }
+    port_busy "$KAFKA_PORT" || { echo "kafka: port $KAFKA_PORT closed"; bad=1; }
+  fi
+  [[ -f "$STATE/harness.env" ]] && cat "$STATE/harness.env"
+  return "$bad"
+}
+
+cmd_env() {
+  [[ -f "$STATE/harness.env" ]] || die "no harness running in $STATE: run '$0 start' (or set INPUTBOT_HARNESS_DIR)"
+  cat "$STATE/harness.env"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  logs) tail_logs ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
