@@ -1,0 +1,494 @@
+//! The three expression languages of a bot, compiled once and evaluated many times:
+//!
+//! - **CEL** for every condition (`when`, classify rules, idempotency keys). What an expression
+//!   may name depends on where it runs ([`Scope`]); an unknown name is a compile-time error.
+//! - **jq** (through jaq) for reshaping JSON. Its input is the event data. Functions that reach
+//!   outside the event (`env`, `$ENV`, `input`) are not available.
+//! - **text templates**: literal text with `{{ CEL }}` holes, for human-readable strings.
+//!
+//! Validation compiles every expression of a resource with these same functions, so what
+//! validates is exactly what the runtime can run.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use jaq_core::{
+    Compiler, Ctx, Vars as JqVars,
+    data::JustLut,
+    load::{Arena, File, Loader},
+    unwrap_valr,
+};
+use serde_json::Value;
+
+/// Where an expression runs, which decides the names it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// At webhook intake: `headers`, `data`, `event`.
+    Intake,
+    /// In a pipeline step or an action: `data`, `event`, `labels`.
+    Event,
+    /// In a dead-letter notice: `data`, `event`, `labels`, `error`.
+    DeadLetter,
+}
+
+impl Scope {
+    /// The variables an expression in this scope may use.
+    pub fn variables(self) -> &'static [&'static str] {
+        match self {
+            Scope::Intake => &["headers", "data", "event"],
+            Scope::Event => &["data", "event", "labels"],
+            Scope::DeadLetter => &["data", "event", "labels", "error"],
+        }
+    }
+}
+
+/// The values an expression is evaluated against. Missing names evaluate as absent.
+#[derive(Clone, Debug, Default)]
+pub struct Activation {
+    vars: BTreeMap<&'static str, Value>,
+}
+
+impl Activation {
+    /// An empty activation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Binds `name` to `value`.
+    pub fn with(mut self, name: &'static str, value: Value) -> Self {
+        self.vars.insert(name, value);
+        self
+    }
+
+    /// Binds `name` to `value` in place.
+    pub fn set(&mut self, name: &'static str, value: Value) {
+        self.vars.insert(name, value);
+    }
+}
+
+/// A compiled CEL expression.
+#[derive(Clone)]
+pub struct CelExpr {
+    source: Arc<str>,
+    program: Arc<cel::Program>,
+}
+
+impl fmt::Debug for CelExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CelExpr").field(&self.source).finish()
+    }
+}
+
+thread_local! {
+    // The standard functions are registered once per thread; each evaluation adds its
+    // variables in an inner scope.
+    static CEL_ROOT: cel::Context<'static> = cel::Context::default();
+}
+
+impl CelExpr {
+    /// Compiles `source` and checks that it only names the variables of `scope`.
+    pub fn compile(source: &str, scope: Scope) -> Result<Self, String> {
+        let program = cel::Program::compile(source).map_err(|e| {
+            let text = e.to_string();
+            format!(
+                "invalid CEL expression {source:?}: {}",
+                text.lines().next().unwrap_or("syntax error")
+            )
+        })?;
+        let allowed = scope.variables();
+        let refs = program.references();
+        let mut unknown: Vec<&str> = refs
+            .variables()
+            .into_iter()
+            .filter(|v| !allowed.contains(v) && !is_bound_in(source, v))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if let Some(name) = unknown.first() {
+            return Err(format!(
+                "CEL expression {source:?} uses unknown name {name:?}; expected one of {}",
+                allowed.join(", ")
+            ));
+        }
+        Ok(Self {
+            source: source.into(),
+            program: Arc::new(program),
+        })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates to a JSON value.
+    pub fn eval(&self, vars: &Activation) -> Result<Value, String> {
+        let value = self.eval_cel(vars)?;
+        cel_to_json(&value).ok_or_else(|| {
+            format!(
+                "CEL expression {:?} produced a value that is not JSON ({value:?})",
+                self.source
+            )
+        })
+    }
+
+    /// Evaluates a condition; a non-boolean result is an error.
+    pub fn eval_bool(&self, vars: &Activation) -> Result<bool, String> {
+        match self.eval_cel(vars)? {
+            cel::Value::Bool(b) => Ok(b),
+            other => Err(format!(
+                "CEL condition {:?} must give true or false, gave {}",
+                self.source,
+                cel_to_json(&other).map_or_else(|| format!("{other:?}"), |v| v.to_string())
+            )),
+        }
+    }
+
+    fn eval_cel(&self, vars: &Activation) -> Result<cel::Value, String> {
+        CEL_ROOT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            for (name, value) in &vars.vars {
+                let value = cel::to_value(value).map_err(|e| {
+                    format!(
+                        "cannot pass {name} to CEL expression {:?}: {e}",
+                        self.source
+                    )
+                })?;
+                ctx.add_variable_from_value(*name, value);
+            }
+            self.program
+                .execute(&ctx)
+                .map_err(|e| format!("CEL expression {:?} failed: {e}", self.source))
+        })
+    }
+}
+
+/// Macros (`exists`, `all`, `map`, `filter`, `exists_one`) bind a loop variable; the
+/// parser reports it among the references, so it is allowed where the source binds it.
+fn is_bound_in(source: &str, name: &str) -> bool {
+    ["exists", "all", "map", "filter", "exists_one"]
+        .iter()
+        .any(|m| {
+            source
+                .match_indices(&format!("{m}("))
+                .any(|(i, _)| source[i + m.len() + 1..].trim_start().starts_with(name))
+        })
+}
+
+fn cel_to_json(value: &cel::Value) -> Option<Value> {
+    use cel::Value as C;
+    Some(match value {
+        C::Null => Value::Null,
+        C::Bool(b) => Value::Bool(*b),
+        C::Int(i) => Value::from(*i),
+        C::UInt(u) => Value::from(*u),
+        C::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        C::String(s) => Value::String(s.to_string()),
+        C::Bytes(b) => Value::String(String::from_utf8_lossy(b).into_owned()),
+        C::List(items) => Value::Array(items.iter().map(cel_to_json).collect::<Option<_>>()?),
+        C::Map(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map.map.iter() {
+                let key = match k {
+                    cel::objects::Key::String(s) => s.to_string(),
+                    cel::objects::Key::Int(i) => i.to_string(),
+                    cel::objects::Key::Uint(u) => u.to_string(),
+                    cel::objects::Key::Bool(b) => b.to_string(),
+                };
+                out.insert(key, cel_to_json(v)?);
+            }
+            Value::Object(out)
+        }
+        C::Timestamp(t) => Value::String(t.to_rfc3339()),
+        C::Duration(d) => Value::String(format!("{}s", d.num_milliseconds() as f64 / 1000.0)),
+        _ => return None,
+    })
+}
+
+type JqFilter = jaq_core::Filter<JustLut<jaq_json::Val>>;
+
+/// jq functions that reach outside the event (the process environment holds credentials; there
+/// is no further input): never offered to bot authors.
+const JQ_DENIED: &[&str] = &["env", "input", "inputs"];
+
+/// A compiled jq program.
+#[derive(Clone)]
+pub struct JqProgram {
+    source: Arc<str>,
+    filter: Arc<JqFilter>,
+}
+
+impl fmt::Debug for JqProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JqProgram").field(&self.source).finish()
+    }
+}
+
+impl JqProgram {
+    /// Compiles a jq program.
+    pub fn compile(source: &str) -> Result<Self, String> {
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !JQ_DENIED.contains(name));
+        let loader = Loader::new(defs);
+        let arena = Arena::default();
+        let position = |rest: &str| source.len().saturating_sub(rest.len());
+        let modules = loader
+            .load(
+                &arena,
+                File {
+                    code: source,
+                    path: (),
+                },
+            )
+            .map_err(|errors| {
+                let mut msgs = Vec::new();
+                for (_, error) in errors {
+                    match error {
+                        jaq_core::load::Error::Io(items) => {
+                            msgs.extend(items.into_iter().map(|(_, e)| e))
+                        }
+                        jaq_core::load::Error::Lex(items) => {
+                            msgs.extend(items.into_iter().map(|(expect, rest)| {
+                                format!("expected {} at offset {}", expect.as_str(), position(rest))
+                            }))
+                        }
+                        jaq_core::load::Error::Parse(items) => {
+                            msgs.extend(items.into_iter().map(|(expect, rest)| {
+                                format!("expected {} at offset {}", expect.as_str(), position(rest))
+                            }))
+                        }
+                    }
+                }
+                format!("invalid jq program {source:?}: {}", msgs.join("; "))
+            })?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errors| {
+                let msgs: Vec<String> = errors
+                    .into_iter()
+                    .flat_map(|(_, errs)| errs)
+                    .map(|(name, undefined)| format!("undefined {} {name}", undefined.as_str()))
+                    .collect();
+                format!("invalid jq program {source:?}: {}", msgs.join("; "))
+            })?;
+        Ok(Self {
+            source: source.into(),
+            filter: Arc::new(filter),
+        })
+    }
+
+    /// The program as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Runs the program on `input` and returns every output.
+    pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
+        let input: jaq_json::Val = serde_json::from_value(input.clone())
+            .map_err(|e| format!("jq input is not JSON: {e}"))?;
+        let ctx = Ctx::<JustLut<jaq_json::Val>>::new(&self.filter.lut, JqVars::new([]));
+        let mut out = Vec::new();
+        for result in self.filter.id.run((ctx, input)).map(unwrap_valr) {
+            let val = result.map_err(|e| format!("jq program {:?} failed: {e}", self.source))?;
+            let text = val.to_string();
+            out.push(serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "jq program {:?} produced a value that is not JSON ({text}): {e}",
+                    self.source
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Runs the program and expects exactly one output.
+    pub fn run_one(&self, input: &Value) -> Result<Value, String> {
+        let mut out = self.run(input)?;
+        match out.len() {
+            1 => Ok(out.remove(0)),
+            n => Err(format!(
+                "jq program {:?} must produce exactly one value, produced {n}",
+                self.source
+            )),
+        }
+    }
+}
+
+/// A text template: literal text with `{{ CEL }}` holes.
+#[derive(Clone, Debug)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug)]
+enum Part {
+    Text(String),
+    Expr(CelExpr),
+}
+
+impl Template {
+    /// Parses and compiles every hole.
+    pub fn compile(source: &str, scope: Scope) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = source;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_owned()));
+            }
+            let after = &rest[start + 2..];
+            let end = after.find("}}").ok_or_else(|| {
+                format!(
+                    "template has '{{{{' at offset {} without a closing '}}}}'",
+                    source.len() - rest.len() + start
+                )
+            })?;
+            let expr = after[..end].trim();
+            if expr.is_empty() {
+                return Err("template has an empty '{{ }}'".to_owned());
+            }
+            parts.push(Part::Expr(
+                CelExpr::compile(expr, scope).map_err(|e| format!("in template: {e}"))?,
+            ));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// Renders the template; strings are inserted as they are, other values as JSON.
+    pub fn render(&self, vars: &Activation) -> Result<String, String> {
+        self.render_with(vars, |s| s.to_owned())
+    }
+
+    /// Renders the template, passing each inserted value through `escape` (e.g. URL encoding).
+    pub fn render_with(
+        &self,
+        vars: &Activation,
+        escape: impl Fn(&str) -> String,
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Expr(e) => match e.eval(vars)? {
+                    Value::String(s) => out.push_str(&escape(&s)),
+                    Value::Null => {}
+                    other => out.push_str(&escape(&other.to_string())),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event_vars() -> Activation {
+        Activation::new()
+            .with(
+                "data",
+                json!({"text": "please refund", "n": 3, "from": "a@b.c"}),
+            )
+            .with("labels", json!(["billing"]))
+            .with("event", json!({"id": "e1", "type": "t"}))
+    }
+
+    #[test]
+    fn cel_conditions_see_data_labels_and_event() {
+        let vars = event_vars();
+        let cases = [
+            (r#"data.text.contains("refund")"#, true),
+            (r#""billing" in labels"#, true),
+            ("data.n > 5", false),
+            (r#"labels.exists(l, l == "billing")"#, true),
+            (r#"event.id == "e1""#, true),
+        ];
+        for (src, want) in cases {
+            let expr = CelExpr::compile(src, Scope::Event).unwrap();
+            assert_eq!(expr.eval_bool(&vars).unwrap(), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn cel_rejects_names_outside_the_scope() {
+        let err = CelExpr::compile("dta.x == 1", Scope::Event).unwrap_err();
+        assert!(err.contains(r#"unknown name "dta""#), "{err}");
+        assert!(err.contains("data, event, labels"), "{err}");
+        let err = CelExpr::compile("headers['x'] == 'y'", Scope::Event).unwrap_err();
+        assert!(err.contains("headers"), "{err}");
+        assert!(CelExpr::compile("headers['x-id']", Scope::Intake).is_ok());
+    }
+
+    #[test]
+    fn cel_reports_syntax_errors() {
+        let err = CelExpr::compile("data.x ==", Scope::Event).unwrap_err();
+        assert!(err.starts_with("invalid CEL expression"), "{err}");
+    }
+
+    #[test]
+    fn cel_condition_must_be_boolean() {
+        let expr = CelExpr::compile("data.n", Scope::Event).unwrap();
+        let err = expr.eval_bool(&event_vars()).unwrap_err();
+        assert!(err.contains("must give true or false, gave 3"), "{err}");
+    }
+
+    #[test]
+    fn jq_reshapes_event_data() {
+        let prog = JqProgram::compile("{ticket: .n, text: .text | ascii_upcase}").unwrap();
+        let out = prog.run_one(&json!({"n": 7, "text": "hi"})).unwrap();
+        assert_eq!(out, json!({"ticket": 7, "text": "HI"}));
+    }
+
+    #[test]
+    fn jq_reports_syntax_and_undefined_names() {
+        let err = JqProgram::compile("{a: .b").unwrap_err();
+        assert!(err.starts_with("invalid jq program"), "{err}");
+        let err = JqProgram::compile("frobnicate(.a)").unwrap_err();
+        assert!(err.contains("frobnicate"), "{err}");
+    }
+
+    #[test]
+    fn jq_cannot_read_the_environment() {
+        assert!(JqProgram::compile("env").is_err());
+        assert!(JqProgram::compile("$ENV").is_err());
+        assert!(JqProgram::compile("input").is_err());
+    }
+
+    #[test]
+    fn templates_render_strings_raw_and_other_values_as_json() {
+        let t = Template::compile(
+            "From {{ data.from }}: {{ data.n }} {{labels}}",
+            Scope::Event,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&event_vars()).unwrap(),
+            r#"From a@b.c: 3 ["billing"]"#
+        );
+    }
+
+    #[test]
+    fn templates_report_unclosed_holes_and_bad_expressions() {
+        assert!(
+            Template::compile("a {{ data.x", Scope::Event)
+                .unwrap_err()
+                .contains("without a closing")
+        );
+        assert!(
+            Template::compile("a {{ nope }}", Scope::Event)
+                .unwrap_err()
+                .contains("unknown name")
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! Resolve: a validated set of resources → one runtime config per component. The single code
+//! path that both the operator (one resource per reconcile) and `inputbot run` (every resource
+//! of the files) use, so that a bot behaves the same in both places.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use crate::{
+    ActionBinding, InputBot, Pipeline,
+    binding::Backoff,
+    config::{
+        ActConfig, BreakerPolicy, DeliveryPolicy, IngestConfig, NamedStep, ProcessConfig, Resolved,
+        ResourceId, RetryOn, RetryPolicy,
+    },
+    manifest::ResourceSet,
+    names,
+    pipeline::Step,
+    validate::{self, Options, Problem, Severity},
+};
+
+/// Partitions of a topic when the resource does not say.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+/// Events processed concurrently by a process or act replica when the resource does not say.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+
+/// Validates and resolves every resource of the set. Errors stop resolution; warnings do not.
+pub fn resolve(set: &ResourceSet, options: Options) -> Result<Resolved, Vec<Problem>> {
+    let problems = validate::validate(set, options);
+    if validate::has_errors(&problems) {
+        return Err(problems
+            .into_iter()
+            .filter(|p| p.severity == Severity::Error)
+            .collect());
+    }
+    Ok(Resolved {
+        ingest: set.bots.iter().map(resolve_bot).collect(),
+        process: set.pipelines.iter().map(resolve_pipeline).collect(),
+        act: set.bindings.iter().map(resolve_binding).collect(),
+    })
+}
+
+fn namespace<K: kube::Resource>(r: &K) -> String {
+    r.namespace().unwrap_or_else(|| "default".to_owned())
+}
+
+/// The ingest config of a validated bot.
+pub fn resolve_bot(bot: &InputBot) -> IngestConfig {
+    let ns = namespace(bot);
+    IngestConfig {
+        bot: ResourceId::new("InputBot", &ns, &bot.name_any()),
+        topic: names::raw_topic(&ns, &bot.name_any()),
+        sources: bot.spec.sources.clone(),
+    }
+}
+
+/// The process config of a validated pipeline.
+pub fn resolve_pipeline(p: &Pipeline) -> ProcessConfig {
+    let ns = namespace(p);
+    let name = p.name_any();
+    ProcessConfig {
+        pipeline: ResourceId::new("Pipeline", &ns, &name),
+        bot: ResourceId::new("InputBot", &ns, &p.spec.bot_ref.name),
+        input_topic: names::raw_topic(&ns, &p.spec.bot_ref.name),
+        output_topic: names::out_topic(&ns, &name),
+        dead_letter_topic: names::pipeline_dlq_topic(&ns, &name),
+        consumer_group: names::consumer_group(&ns, &name, "process"),
+        steps: p
+            .spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| NamedStep {
+                name: step_name(step, i),
+                step: step.clone(),
+            })
+            .collect(),
+        max_in_flight: p
+            .spec
+            .processing
+            .as_ref()
+            .and_then(|p| p.max_in_flight)
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+    }
+}
+
+/// The act config of a validated binding.
+pub fn resolve_binding(b: &ActionBinding) -> ActConfig {
+    let ns = namespace(b);
+    let name = b.name_any();
+    let input_topic = match (&b.spec.pipeline_ref, &b.spec.bot_ref) {
+        (Some(p), _) => names::out_topic(&ns, &p.name),
+        (None, Some(bot)) => names::raw_topic(&ns, &bot.name),
+        // Validation rejects this; an empty topic can never be consumed.
+        (None, None) => String::new(),
+    };
+    let delivery = b.spec.delivery.clone().unwrap_or_default();
+    let retry = delivery.retry.unwrap_or(crate::binding::Retry {
+        max_attempts: None,
+        backoff: None,
+        initial_delay: None,
+        max_delay: None,
+        jitter: None,
+        retry_on: None,
+        honor_retry_after: None,
+    });
+    let dur = |d: Option<&crate::common::Duration>, default: Duration| {
+        d.and_then(|d| d.to_std().ok()).unwrap_or(default)
+    };
+    let retry = RetryPolicy {
+        max_attempts: retry.max_attempts.unwrap_or(5),
+        backoff: retry.backoff.unwrap_or(Backoff::Exponential),
+        initial_delay: dur(retry.initial_delay.as_ref(), Duration::from_secs(1)),
+        max_delay: dur(retry.max_delay.as_ref(), Duration::from_secs(60)),
+        jitter: retry.jitter.unwrap_or(true),
+        retry_on: retry
+            .retry_on
+            .map(|entries| entries.iter().filter_map(|e| e.parse().ok()).collect())
+            .unwrap_or_else(|| {
+                vec![
+                    RetryOn::Status(429),
+                    RetryOn::Class(5),
+                    RetryOn::Timeout,
+                    RetryOn::Connection,
+                ]
+            }),
+        honor_retry_after: retry.honor_retry_after.unwrap_or(true),
+    };
+    let cb = delivery.circuit_breaker;
+    let circuit_breaker = BreakerPolicy {
+        failure_ratio: cb.as_ref().and_then(|c| c.failure_ratio).unwrap_or(0.5),
+        min_requests: cb.as_ref().and_then(|c| c.min_requests).unwrap_or(10),
+        window: dur(
+            cb.as_ref().and_then(|c| c.window.as_ref()),
+            Duration::from_secs(60),
+        ),
+        open_for: dur(
+            cb.as_ref().and_then(|c| c.open_for.as_ref()),
+            Duration::from_secs(30),
+        ),
+    };
+    let dead_letter = delivery.dead_letter.map(|d| d.enabled).unwrap_or(true);
+    ActConfig {
+        binding: ResourceId::new("ActionBinding", &ns, &name),
+        input_topic,
+        dead_letter_topic: dead_letter.then(|| names::binding_dlq_topic(&ns, &name)),
+        consumer_group: names::consumer_group(&ns, &name, "act"),
+        when: b.spec.when.clone(),
+        action: b.spec.action.clone(),
+        delivery: DeliveryPolicy {
+            retry,
+            circuit_breaker,
+            rate_limit: delivery.rate_limit,
+            dead_letter,
+        },
+        notify: b.spec.notify.clone(),
+        max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+    }
+}
+
+/// A step's name: its own, or `<kind>-<position>` (1-based).
+pub fn step_name(step: &Step, index: usize) -> String {
+    match (&step.name, step.kind()) {
+        (Some(name), _) => name.clone(),
+        (None, Some(kind)) => format!("{}-{}", kind.as_str(), index + 1),
+        (None, None) => format!("step-{}", index + 1),
+    }
+}
+
+/// Parses a five-field cron expression (`minute hour day-of-month month day-of-week`).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    let fields = expr.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!(
+            "expected five cron fields (minute hour day-of-month month day-of-week), found {fields} in {expr:?}"
+        ));
+    }
+    croner::parser::CronParser::new()
+        .parse(expr)
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
+}
