@@ -18,6 +18,7 @@ use crate::common::{
     group = "inputbot.dev",
     version = "v1alpha1",
     kind = "ActionBinding",
+    doc = "An ActionBinding: what to do with processed events (an HTTP call, a chat message, an email, a Kafka record) and one resilience policy for it: retries, circuit breaker, rate limit and dead letter.",
     namespaced,
     status = "ActionBindingStatus",
     shortname = "iba",
@@ -155,7 +156,7 @@ pub struct HttpAction {
     pub idempotency_header: Option<String>,
 }
 
-/// HTTP methods for actions.
+// HTTP methods for actions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
@@ -251,7 +252,7 @@ pub struct Smtp {
     pub timeout: Option<Duration>,
 }
 
-/// SMTP transport security.
+// SMTP transport security.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
@@ -342,7 +343,7 @@ pub struct Retry {
     pub honor_retry_after: Option<bool>,
 }
 
-/// Backoff shapes.
+// Backoff shapes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backoff {

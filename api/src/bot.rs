@@ -16,6 +16,7 @@ use crate::common::{
     group = "inputbot.dev",
     version = "v1alpha1",
     kind = "InputBot",
+    doc = "An InputBot: where a bot's events come from (webhooks, polling, schedules, Kafka topics). The operator runs an ingest Deployment and Service for it and produces every accepted event to the bot's raw topic.",
     namespaced,
     status = "InputBotStatus",
     shortname = "ib",
@@ -220,7 +221,7 @@ pub struct HmacAuth {
     pub delivery_id_header: Option<String>,
 }
 
-/// Known webhook signing schemes.
+// Known webhook signing schemes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HmacPreset {
@@ -238,7 +239,7 @@ pub enum HmacPreset {
     Generic,
 }
 
-/// HMAC hash functions.
+// HMAC hash functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HmacAlgorithm {
@@ -250,7 +251,7 @@ pub enum HmacAlgorithm {
     Sha512,
 }
 
-/// Signature encodings.
+// Signature encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SignatureEncoding {

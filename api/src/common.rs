@@ -215,7 +215,7 @@ pub struct TopicSettings {
     pub retention: Option<Duration>,
 }
 
-/// What happens to the Kafka topics a resource owns when the resource is deleted.
+// What happens to the Kafka topics a resource owns when the resource is deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {
     /// Keep the topics and their records (the default): nothing accepted is lost by a delete.

@@ -139,6 +139,8 @@ fn strict_schema(mut schema: Value) -> Value {
             // apiVersion, kind and metadata are checked by the loader and the API server.
             if let Some(Value::Object(props)) = map.get_mut("properties") {
                 props.insert("metadata".into(), serde_json::json!({"type": "object"}));
+                props.insert("apiVersion".into(), serde_json::json!({"type": "string"}));
+                props.insert("kind".into(), serde_json::json!({"type": "string"}));
             }
         }
         for (key, child) in map.iter_mut() {

@@ -79,10 +79,130 @@ impl fmt::Debug for CelExpr {
 }
 
 thread_local! {
-    // The standard functions are registered once per thread; each evaluation adds its
-    // variables in an inner scope.
-    static CEL_ROOT: cel::Context<'static> = cel::Context::default();
+    // The standard functions and Kubernetes' CEL library (strings, lists, regex, urls, …, the
+    // same functions as in CRD validation rules) are registered once per thread; each
+    // evaluation adds its variables in an inner scope.
+    static CEL_ROOT: cel::Context<'static> = {
+        use kube_cel::KubeCelExt as _;
+        cel::Context::default().with_all()
+    };
 }
+
+/// Functions and macros available to expressions: CEL's standard library, its macros, and
+/// Kubernetes' CEL extensions.
+const CEL_FUNCTIONS: &[&str] = &[
+    // macros and operators the parser reports as calls
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "@in",
+    "in",
+    // the cel crate's standard functions
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "optional.none",
+    "optional.of",
+    "optional.ofNonZeroValue",
+    "value",
+    "hasValue",
+    "or",
+    "orValue",
+    "matches",
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    // Kubernetes' CEL library (kube-cel)
+    "add",
+    "asApproximateFloat",
+    "asInteger",
+    "base64.decode",
+    "base64.encode",
+    "charAt",
+    "cidr",
+    "compareTo",
+    "containsCIDR",
+    "containsIP",
+    "distinct",
+    "family",
+    "find",
+    "findAll",
+    "first",
+    "flatten",
+    "format",
+    "getEscapedPath",
+    "getHost",
+    "getHostname",
+    "getPort",
+    "getQuery",
+    "getScheme",
+    "indexOf",
+    "ip",
+    "isCIDR",
+    "isGreaterThan",
+    "isIP",
+    "isInteger",
+    "isLessThan",
+    "isLoopback",
+    "isQuantity",
+    "isSemver",
+    "isSorted",
+    "isURL",
+    "join",
+    "last",
+    "lastIndexOf",
+    "lists.range",
+    "lowerAscii",
+    "major",
+    "math.abs",
+    "math.ceil",
+    "math.floor",
+    "math.greatest",
+    "math.least",
+    "math.round",
+    "math.sqrt",
+    "math.trunc",
+    "minor",
+    "patch",
+    "quantity",
+    "replace",
+    "reverse",
+    "semver",
+    "sets.contains",
+    "sets.equivalent",
+    "sets.intersects",
+    "sign",
+    "slice",
+    "sort",
+    "split",
+    "strings.quote",
+    "sub",
+    "substring",
+    "sum",
+    "trim",
+    "upperAscii",
+    "url",
+];
 
 impl CelExpr {
     /// Compiles `source` and checks that it only names the variables of `scope`.
@@ -107,6 +227,18 @@ impl CelExpr {
             return Err(format!(
                 "CEL expression {source:?} uses unknown name {name:?}; expected one of {}",
                 allowed.join(", ")
+            ));
+        }
+        let mut functions = refs.functions();
+        functions.sort_unstable();
+        // Operators (`_+_`, `_[_]`, `!_`, …) are reported as calls; they always exist.
+        let is_operator = |f: &&str| f.starts_with(['_', '!', '-', '@']);
+        if let Some(f) = functions
+            .iter()
+            .find(|f| !is_operator(f) && !CEL_FUNCTIONS.contains(f))
+        {
+            return Err(format!(
+                "CEL expression {source:?} calls unknown function {f:?}; see the CEL and Kubernetes CEL libraries for what is available"
             ));
         }
         Ok(Self {
@@ -428,6 +560,23 @@ mod tests {
         let err = CelExpr::compile("headers['x'] == 'y'", Scope::Event).unwrap_err();
         assert!(err.contains("headers"), "{err}");
         assert!(CelExpr::compile("headers['x-id']", Scope::Intake).is_ok());
+    }
+
+    #[test]
+    fn cel_has_the_kubernetes_string_and_list_library() {
+        let vars = event_vars();
+        let expr = CelExpr::compile(
+            r#"data.text.upperAscii() + "|" + labels.join(",")"#,
+            Scope::Event,
+        )
+        .unwrap();
+        assert_eq!(expr.eval(&vars).unwrap(), json!("PLEASE REFUND|billing"));
+    }
+
+    #[test]
+    fn cel_rejects_unknown_functions_at_compile_time() {
+        let err = CelExpr::compile(r#"data.text.contans("x")"#, Scope::Event).unwrap_err();
+        assert!(err.contains(r#"unknown function "contans""#), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::common::{
     group = "inputbot.dev",
     version = "v1alpha1",
     kind = "Pipeline",
+    doc = "A Pipeline: the steps (validate, transform, enrich, classify, filter) each event of a bot goes through. The operator runs a process Deployment that reads the bot's raw topic and writes its output topic; failed events go to its dead-letter topic.",
     namespaced,
     status = "PipelineStatus",
     shortname = "ibp",
@@ -183,7 +184,7 @@ pub struct EnrichHttp {
     pub on_error: Option<OnError>,
 }
 
-/// HTTP methods for enrichment.
+// HTTP methods for enrichment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum EnrichMethod {
@@ -194,7 +195,7 @@ pub enum EnrichMethod {
     Post,
 }
 
-/// What a failed enrichment does.
+// What a failed enrichment does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {

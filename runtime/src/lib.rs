@@ -1,0 +1,5 @@
+//! The generic inputbot runtime. One binary, `inputbot`, runs every role: `ingest`, `process`
+//! and `act` in a cluster (each reading the config the operator mounted), or all of them in one
+//! process with `inputbot run`. `inputbot validate` checks files before anyone applies them.
+
+pub mod check;
