@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# THE test command of inputbot: formatting, lints, the unit and runtime tiers, then the
+# end-to-end suite against a real control plane and a real Kafka broker.
+#
+#   scripts/test.sh                 everything (a cold machine builds the tools first: ~30 min)
+#   scripts/test.sh FILTER…         the same, passing FILTER… to the e2e `cargo test`
+#
+# Environment:
+#   CARGO_TARGET_DIR          default ~/.cache/inputbot/target (shared by runs and CI)
+#   INPUTBOT_E2E_EXTERNAL=1   use the cluster in KUBECONFIG and the broker in KAFKA_BOOTSTRAP
+#                             instead of starting the local harness (kind, k3d, a real cluster)
+#   INPUTBOT_HARNESS_DIR, INPUTBOT_PORT_BASE
+#                             where the harness of this run lives (default
+#                             /tmp/inputbot-test-harness, ports 24200–24207), so a harness
+#                             started by hand (24100…) keeps running beside it
+# Whatever happens, the harness this script started is stopped before it exits.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/inputbot/target}"
+export INPUTBOT_HARNESS_DIR="${INPUTBOT_HARNESS_DIR:-${TMPDIR:-/tmp}/inputbot-test-harness}"
+export INPUTBOT_PORT_BASE="${INPUTBOT_PORT_BASE:-24200}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+TIMINGS=()
+T0=$SECONDS
+HARNESS_STARTED=0
+
+say() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+summary() {
+  local line
+  echo
+  echo "---- scripts/test.sh timings ----"
+  for line in "${TIMINGS[@]}"; do echo "$line"; done
+  printf '%-34s %5ds\n' "total" "$((SECONDS - T0))"
+}
+
+finish() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if (( HARNESS_STARTED )); then
+    say "stopping the harness"
+    "$ROOT/scripts/harness.sh" stop || rc=1
+  fi
+  summary
+  if (( rc == 0 )); then echo "scripts/test.sh: PASSED"; else echo "scripts/test.sh: FAILED (exit $rc)"; fi
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# phase NAME CMD…: run, time, and stop the script at the first failure.
+phase() {
+  local name="$1" start=$SECONDS rc=0; shift
+  say "$name: $*"
+  "$@" || rc=$?
+  TIMINGS+=("$(printf '%-34s %5ds %s' "$name" "$((SECONDS - start))" "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")")")
+  if (( rc != 0 )); then
+    say "$name FAILED (exit $rc)"
+    exit "$rc"
+  fi
+}
+
+phase "format (cargo fmt --check)" cargo fmt --all --check
+phase "lints (cargo clippy)" cargo clippy --workspace --all-targets -- -D warnings
+phase "unit + runtime tiers" cargo test --workspace --exclude inputbot-e2e
+
+if [[ "${INPUTBOT_E2E_EXTERNAL:-}" == 1 ]]; then
+  : "${KUBECONFIG:?INPUTBOT_E2E_EXTERNAL=1 needs KUBECONFIG}"
+  : "${KAFKA_BOOTSTRAP:?INPUTBOT_E2E_EXTERNAL=1 needs KAFKA_BOOTSTRAP}"
+  unset INPUTBOT_HARNESS_DIR INPUTBOT_K8S_VERSION
+  say "using the cluster in KUBECONFIG=$KUBECONFIG and the broker at $KAFKA_BOOTSTRAP"
+else
+  phase "tools (scripts/tools.sh)" "$ROOT/scripts/tools.sh"
+  HARNESS_STARTED=1
+  phase "harness start" "$ROOT/scripts/harness.sh" start
+  eval "$("$ROOT/scripts/harness.sh" env)"
+fi
+phase "e2e tier (cargo test -p inputbot-e2e)" cargo test -p inputbot-e2e -- "$@"
