@@ -112,7 +112,7 @@ pub struct WebhookSource {
     /// `/healthz`, `/readyz` and `/metrics` are reserved.
     #[schemars(
         length(min = 1, max = 256),
-        regex(pattern = r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
+        regex(pattern = r"^[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
     )]
     #[x_kube(
         validation = Rule::new("self.startsWith('/')").message("path must start with '/'"),
