@@ -279,13 +279,7 @@ impl CelExpr {
         CEL_ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
             for (name, value) in &vars.vars {
-                let value = cel::to_value(value).map_err(|e| {
-                    format!(
-                        "cannot pass {name} to CEL expression {:?}: {e}",
-                        self.source
-                    )
-                })?;
-                ctx.add_variable_from_value(*name, value);
+                ctx.add_variable_from_value(*name, json_to_cel(value));
             }
             self.program
                 .execute(&ctx)
@@ -304,6 +298,30 @@ fn is_bound_in(source: &str, name: &str) -> bool {
                 .match_indices(&format!("{m}("))
                 .any(|(i, _)| source[i + m.len() + 1..].trim_start().starts_with(name))
         })
+}
+
+/// JSON → CEL. Integers become `int` (not `uint`), so `data.count == 1` and `data.n > 5` mean
+/// what they say; only integers beyond `i64` become `uint`.
+fn json_to_cel(value: &Value) -> cel::Value {
+    use cel::Value as C;
+    match value {
+        Value::Null => C::Null,
+        Value::Bool(b) => C::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => C::Int(i),
+            (None, Some(u)) => C::UInt(u),
+            _ => C::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => C::String(Arc::new(s.clone())),
+        Value::Array(items) => C::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Value::Object(map) => C::Map(cel::objects::Map {
+            map: Arc::new(
+                map.iter()
+                    .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                    .collect(),
+            ),
+        }),
+    }
 }
 
 fn cel_to_json(value: &cel::Value) -> Option<Value> {

@@ -1,0 +1,1 @@
+//! Actions (being written).

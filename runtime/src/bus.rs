@@ -1,0 +1,375 @@
+//! The bus between stages: one trait, two implementations — Kafka (in a cluster) and the
+//! embedded bus (in one process, for `inputbot run`).
+//!
+//! ```text
+//!  ingest ──publish(raw)──▶ [topic] ──▶ group "…process" ──▶ process ──publish(out)──▶ …
+//!                                  └──▶ group "…act"     ──▶ act (botRef bindings)
+//!  process/act ──dead_letter(dlq)──▶ dead-letter store
+//! ```
+//!
+//! `publish` returns only once the event is held by the bus (Kafka: acknowledged by all
+//! in-sync replicas); a full bus answers with [`BusError::Full`] after a bounded wait, which
+//! intake turns into `503` + `Retry-After`. A consumer acknowledges a message only after it
+//! was fully handled (produced downstream, delivered, or dead-lettered).
+//!
+//! The embedded bus keeps one bounded queue per consumer group: every group of a topic gets
+//! every event, and a slow group pushes back on producers instead of growing memory. Dead
+//! letters are appended to JSON-lines files under the data directory, so they survive the
+//! process.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, mpsc};
+
+use crate::{dlq::DeadLetter, event::Event};
+
+/// Why the bus did not take an event.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Every queue slot of a consumer group of the topic stayed taken for the whole wait.
+    #[error("topic {topic} is full: a consumer did not keep up within {waited:?}")]
+    Full {
+        /// Topic.
+        topic: String,
+        /// How long the producer waited.
+        waited: Duration,
+    },
+    /// The bus is shutting down and takes no new events.
+    #[error("the bus is shutting down")]
+    Closed,
+    /// A consumer group joined a topic twice in one process.
+    #[error("consumer group {group} already consumes topic {topic}")]
+    DuplicateGroup {
+        /// Topic.
+        topic: String,
+        /// Group.
+        group: String,
+    },
+    /// Writing a dead letter failed.
+    #[error("cannot write dead letter to {path}: {source}")]
+    DeadLetterIo {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A broker error.
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// A received event; [`Message::ack`] once it is fully handled.
+pub struct Message {
+    /// The event.
+    pub event: Event,
+    ack: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message").field("event", &self.event.id).finish()
+    }
+}
+
+impl Message {
+    /// A message with an acknowledgement callback.
+    pub fn new(event: Event, ack: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            event,
+            ack: Some(Box::new(ack)),
+        }
+    }
+
+    /// Marks the message handled (commits its offset on Kafka).
+    pub fn ack(mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack();
+        }
+    }
+}
+
+/// A consumer group's view of one topic.
+pub trait Consumer: Send {
+    /// The next message, or `None` once the bus is closed and the queue is empty.
+    fn next(&mut self) -> BoxFuture<'_, Option<Message>>;
+}
+
+/// The bus.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes an event; returns once the bus holds it durably.
+    fn publish<'a>(&'a self, topic: &'a str, event: &'a Event) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Writes a dead-letter record; returns once it is durable.
+    fn dead_letter<'a>(
+        &'a self,
+        topic: &'a str,
+        record: &'a DeadLetter,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Joins consumer `group` on `topic`.
+    fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Consumer>, BusError>;
+    /// Whether the bus can take events (readiness).
+    fn healthy(&self) -> bool;
+}
+
+/// Settings of the embedded bus.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Events each consumer group may hold before producers wait.
+    pub capacity: usize,
+    /// How long a producer waits for room before [`BusError::Full`].
+    pub publish_timeout: Duration,
+    /// Directory of the dead-letter files (`<dir>/<topic>.jsonl`).
+    pub dead_letter_dir: PathBuf,
+}
+
+struct Group {
+    name: String,
+    tx: mpsc::Sender<Event>,
+}
+
+/// The in-process bus.
+pub struct EmbeddedBus {
+    options: EmbeddedOptions,
+    topics: Mutex<HashMap<String, Vec<Group>>>,
+    closed: AtomicBool,
+    /// Events published to a group and not yet acknowledged.
+    outstanding: Arc<AtomicUsize>,
+    settled: Arc<Notify>,
+    dead_letter_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for EmbeddedBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBus")
+            .field("outstanding", &self.outstanding.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl EmbeddedBus {
+    /// A new bus.
+    pub fn new(options: EmbeddedOptions) -> Arc<Self> {
+        Arc::new(Self {
+            options,
+            topics: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            outstanding: Arc::new(AtomicUsize::new(0)),
+            settled: Arc::new(Notify::new()),
+            dead_letter_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Stops taking new events; consumers drain what is queued, then see the end.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Dropping the senders ends each consumer once its queue is empty.
+        self.topics.lock().expect("bus lock").clear();
+    }
+
+    /// Events published and not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every published event was acknowledged, or the timeout passes. Returns
+    /// whether the bus settled.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.settled.notified();
+            if self.outstanding() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.outstanding() == 0;
+            }
+        }
+    }
+
+    /// Whether any consumer group reads `topic`.
+    pub fn has_consumers(&self, topic: &str) -> bool {
+        self.topics
+            .lock()
+            .expect("bus lock")
+            .get(topic)
+            .is_some_and(|g| !g.is_empty())
+    }
+
+    /// The dead-letter file of a topic.
+    pub fn dead_letter_path(&self, topic: &str) -> PathBuf {
+        self.options.dead_letter_dir.join(format!("{topic}.jsonl"))
+    }
+}
+
+impl Bus for EmbeddedBus {
+    fn publish<'a>(&'a self, topic: &'a str, event: &'a Event) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(BusError::Closed);
+            }
+            let senders: Vec<mpsc::Sender<Event>> = self
+                .topics
+                .lock()
+                .expect("bus lock")
+                .get(topic)
+                .map(|groups| groups.iter().map(|g| g.tx.clone()).collect())
+                .unwrap_or_default();
+            // Reserve a slot in every group first, so an event reaches all groups or none.
+            let waited = self.options.publish_timeout;
+            let reserve = futures::future::try_join_all(senders.iter().map(|tx| tx.reserve()));
+            let permits = match tokio::time::timeout(waited, reserve).await {
+                Ok(Ok(permits)) => permits,
+                Ok(Err(_)) => return Err(BusError::Closed),
+                Err(_) => {
+                    return Err(BusError::Full {
+                        topic: topic.to_owned(),
+                        waited,
+                    });
+                }
+            };
+            self.outstanding.fetch_add(permits.len(), Ordering::SeqCst);
+            for permit in permits {
+                permit.send(event.clone());
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        topic: &'a str,
+        record: &'a DeadLetter,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let path = self.dead_letter_path(topic);
+            let _guard = self.dead_letter_lock.lock().await;
+            crate::dlq::append(&path, record)
+                .await
+                .map_err(|source| BusError::DeadLetterIo {
+                    path: path.display().to_string(),
+                    source,
+                })
+        })
+    }
+
+    fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Consumer>, BusError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(BusError::Closed);
+        }
+        let mut topics = self.topics.lock().expect("bus lock");
+        let groups = topics.entry(topic.to_owned()).or_default();
+        if groups.iter().any(|g| g.name == group) {
+            return Err(BusError::DuplicateGroup {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+            });
+        }
+        let (tx, rx) = mpsc::channel(self.options.capacity.max(1));
+        groups.push(Group {
+            name: group.to_owned(),
+            tx,
+        });
+        Ok(Box::new(EmbeddedConsumer {
+            rx,
+            outstanding: self.outstanding.clone(),
+            settled: self.settled.clone(),
+        }))
+    }
+
+    fn healthy(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst)
+    }
+}
+
+struct EmbeddedConsumer {
+    rx: mpsc::Receiver<Event>,
+    outstanding: Arc<AtomicUsize>,
+    settled: Arc<Notify>,
+}
+
+impl Consumer for EmbeddedConsumer {
+    fn next(&mut self) -> BoxFuture<'_, Option<Message>> {
+        Box::pin(async move {
+            let event = self.rx.recv().await?;
+            let outstanding = self.outstanding.clone();
+            let settled = self.settled.clone();
+            Some(Message::new(event, move || {
+                if outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    settled.notify_waiters();
+                }
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn bus(capacity: usize) -> (Arc<EmbeddedBus>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::new(EmbeddedOptions {
+            capacity,
+            publish_timeout: Duration::from_millis(50),
+            dead_letter_dir: dir.path().to_owned(),
+        });
+        (bus, dir)
+    }
+
+    #[tokio::test]
+    async fn every_group_gets_every_event() {
+        let (bus, _dir) = bus(8);
+        let mut a = bus.subscribe("t", "a").unwrap();
+        let mut b = bus.subscribe("t", "b").unwrap();
+        let e = Event::new("ns/b", "s", "t", json!(1));
+        bus.publish("t", &e).await.unwrap();
+        assert_eq!(bus.outstanding(), 2);
+        a.next().await.unwrap().ack();
+        assert!(!bus.settle(Duration::from_millis(10)).await);
+        b.next().await.unwrap().ack();
+        assert!(bus.settle(Duration::from_millis(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_full_group_pushes_back_instead_of_growing() {
+        let (bus, _dir) = bus(2);
+        let _slow = bus.subscribe("t", "slow").unwrap();
+        let e = Event::new("ns/b", "s", "t", json!(1));
+        bus.publish("t", &e).await.unwrap();
+        bus.publish("t", &e).await.unwrap();
+        let err = bus.publish("t", &e).await.unwrap_err();
+        assert!(matches!(err, BusError::Full { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn closing_drains_queued_events_then_ends() {
+        let (bus, _dir) = bus(4);
+        let mut c = bus.subscribe("t", "g").unwrap();
+        bus.publish("t", &Event::new("ns/b", "s", "t", json!(1))).await.unwrap();
+        bus.close();
+        assert!(matches!(
+            bus.publish("t", &Event::new("ns/b", "s", "t", json!(2))).await,
+            Err(BusError::Closed)
+        ));
+        c.next().await.unwrap().ack();
+        assert!(c.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_group_joins_a_topic_once() {
+        let (bus, _dir) = bus(4);
+        let _c = bus.subscribe("t", "g").unwrap();
+        assert!(matches!(bus.subscribe("t", "g"), Err(BusError::DuplicateGroup { .. })));
+    }
+}
