@@ -485,15 +485,23 @@ fn authorization<'a>(
     })?;
     let (given, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     if !given.eq_ignore_ascii_case(scheme) {
-        // Only the scheme word is echoed, and only when it looks like one (a bare token
-        // pasted into the header would otherwise be echoed back).
-        let found = if !rest.is_empty()
-            && given.len() <= 16
-            && given.bytes().all(|b| b.is_ascii_alphabetic())
-        {
-            format!("the {given} scheme")
-        } else {
-            "a value without a recognizable scheme".to_owned()
+        // Only a registered scheme name is echoed: anything else may be a credential.
+        const KNOWN: [&str; 11] = [
+            "Basic",
+            "Bearer",
+            "Digest",
+            "HOBA",
+            "Mutual",
+            "Negotiate",
+            "NTLM",
+            "OAuth",
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-256",
+            "Token",
+        ];
+        let found = match KNOWN.iter().find(|k| k.eq_ignore_ascii_case(given)) {
+            Some(known) => format!("the {known} scheme"),
+            None => "a value without a recognized scheme".to_owned(),
         };
         return Err(AuthError::MissingCredentials { expected, found });
     }
@@ -1886,6 +1894,10 @@ mod tests {
         let cases = [
             (h(&[]), "missing_credentials"),
             (h(&[("authorization", token)]), "missing_credentials"),
+            (
+                h(&[("authorization", "Alphabeticsecret more")]),
+                "missing_credentials",
+            ),
             (h(&[("authorization", "Bearer")]), "missing_credentials"),
             (
                 h(&[("authorization", &format!("Basic {token}"))]),
