@@ -53,6 +53,8 @@ impl fmt::Display for ResourceId {
 /// The config of one runtime component, tagged by role.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "camelCase")]
+// Built once per process from a ConfigMap: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ComponentConfig {
     /// Receives events and produces them to the raw topic.
     Ingest(IngestConfig),

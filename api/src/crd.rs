@@ -130,10 +130,10 @@ fn strict_schema(mut schema: Value) -> Value {
         {
             map.insert("additionalProperties".into(), Value::Bool(false));
         }
-        if map.get("nullable").and_then(Value::as_bool) == Some(true) {
-            if let Some(Value::String(t)) = map.get("type").cloned() {
-                map.insert("type".into(), serde_json::json!([t, "null"]));
-            }
+        if map.get("nullable").and_then(Value::as_bool) == Some(true)
+            && let Some(Value::String(t)) = map.get("type").cloned()
+        {
+            map.insert("type".into(), serde_json::json!([t, "null"]));
         }
         if root {
             // apiVersion, kind and metadata are checked by the loader and the API server.

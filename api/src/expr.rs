@@ -317,7 +317,12 @@ fn json_to_cel(value: &Value) -> cel::Value {
         Value::Object(map) => C::Map(cel::objects::Map {
             map: Arc::new(
                 map.iter()
-                    .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                    .map(|(k, v)| {
+                        (
+                            cel::objects::Key::String(Arc::new(k.clone())),
+                            json_to_cel(v),
+                        )
+                    })
                     .collect(),
             ),
         }),

@@ -207,10 +207,10 @@ impl<'a> Checker<'a> {
     }
 
     fn positive_duration(&mut self, field: &str, d: Option<&Duration>) {
-        if let Some(v) = self.duration(field, d) {
-            if v.is_zero() {
-                self.error(field, "expected a duration greater than zero, found 0");
-            }
+        if let Some(v) = self.duration(field, d)
+            && v.is_zero()
+        {
+            self.error(field, "expected a duration greater than zero, found 0");
         }
     }
 
@@ -322,14 +322,14 @@ impl<'a> Checker<'a> {
     fn workload(&mut self, field: &str, w: &Workload, lag_allowed: bool, partitions: Option<i32>) {
         if let Some(a) = &w.autoscaling {
             self.autoscaling(&format!("{field}.autoscaling"), a, lag_allowed, partitions);
-        } else if let (Some(replicas), Some(p)) = (w.replicas, partitions) {
-            if replicas > p {
-                self.report(
+        } else if let (Some(replicas), Some(p)) = (w.replicas, partitions)
+            && replicas > p
+        {
+            self.report(
                     Severity::Warning,
                     &format!("{field}.replicas"),
                     format!("{replicas} replicas but the input topic has {p} partitions; only {p} will consume"),
                 );
-            }
         }
     }
 
@@ -355,9 +355,10 @@ impl<'a> Checker<'a> {
                 "lag-based scaling needs a consumer; ingest of webhooks has no lag: scale on CPU",
             );
         }
-        if let Some(p) = partitions {
-            if a.max_replicas > p {
-                self.report(
+        if let Some(p) = partitions
+            && a.max_replicas > p
+        {
+            self.report(
                     Severity::Warning,
                     &format!("{field}.maxReplicas"),
                     format!(
@@ -365,7 +366,6 @@ impl<'a> Checker<'a> {
                         a.max_replicas
                     ),
                 );
-            }
         }
     }
 
@@ -397,16 +397,16 @@ impl<'a> Checker<'a> {
                     ),
                 );
             }
-            if let Some(w) = &source.webhook {
-                if !seen_paths.insert(w.path.as_str()) {
-                    self.error(
-                        &format!("{f}.webhook.path"),
-                        format!(
-                            "webhook paths must be unique within the bot; {:?} is used twice",
-                            w.path
-                        ),
-                    );
-                }
+            if let Some(w) = &source.webhook
+                && !seen_paths.insert(w.path.as_str())
+            {
+                self.error(
+                    &format!("{f}.webhook.path"),
+                    format!(
+                        "webhook paths must be unique within the bot; {:?} is used twice",
+                        w.path
+                    ),
+                );
             }
             self.source(&f, source);
         }
@@ -473,23 +473,24 @@ impl<'a> Checker<'a> {
             SourceKind::Poll(p) => {
                 let f = format!("{f}.poll");
                 self.url(&format!("{f}.url"), &p.url, false);
-                if let Some(d) = self.duration(&format!("{f}.interval"), Some(&p.interval)) {
-                    if d < std::time::Duration::from_secs(1) {
-                        self.error(
-                            &format!("{f}.interval"),
-                            format!("expected at least 1s between polls, found {}", p.interval.0),
-                        );
-                    }
+                if let Some(d) = self.duration(&format!("{f}.interval"), Some(&p.interval))
+                    && d < std::time::Duration::from_secs(1)
+                {
+                    self.error(
+                        &format!("{f}.interval"),
+                        format!("expected at least 1s between polls, found {}", p.interval.0),
+                    );
                 }
                 self.headers(&format!("{f}.headers"), &p.headers);
                 for (field, pointer) in [("itemsPath", &p.items_path), ("idField", &p.id_field)] {
-                    if let Some(ptr) = pointer {
-                        if !ptr.is_empty() && !ptr.starts_with('/') {
-                            self.error(
+                    if let Some(ptr) = pointer
+                        && !ptr.is_empty()
+                        && !ptr.starts_with('/')
+                    {
+                        self.error(
                                 &format!("{f}.{field}"),
                                 format!("expected a JSON pointer such as /items/0/id (starting with '/'), found {ptr:?}"),
                             );
-                        }
                     }
                 }
                 self.positive_duration(&format!("{f}.timeout"), p.timeout.as_ref());
@@ -720,13 +721,14 @@ impl<'a> Checker<'a> {
                     self.body(&format!("{f}.body"), body);
                 }
                 self.positive_duration(&format!("{f}.timeout"), h.timeout.as_ref());
-                if let Some(hdr) = &h.idempotency_header {
-                    if !hdr.is_empty() && reqwest_like_header_name(hdr).is_err() {
-                        self.error(
-                            &format!("{f}.idempotencyHeader"),
-                            format!("expected an HTTP header name, found {hdr:?}"),
-                        );
-                    }
+                if let Some(hdr) = &h.idempotency_header
+                    && !hdr.is_empty()
+                    && reqwest_like_header_name(hdr).is_err()
+                {
+                    self.error(
+                        &format!("{f}.idempotencyHeader"),
+                        format!("expected an HTTP header name, found {hdr:?}"),
+                    );
                 }
             }
             ActionKind::Slack(s) => self.slack(&format!("{f}.slack"), s, Scope::Event),
@@ -782,17 +784,17 @@ impl<'a> Checker<'a> {
             let f = format!("{f}.retry");
             let initial = self.duration(&format!("{f}.initialDelay"), r.initial_delay.as_ref());
             let max = self.duration(&format!("{f}.maxDelay"), r.max_delay.as_ref());
-            if let (Some(i), Some(m)) = (initial, max) {
-                if i > m {
-                    self.error(
-                        &format!("{f}.initialDelay"),
-                        format!(
-                            "initialDelay ({}) must not exceed maxDelay ({})",
-                            r.initial_delay.as_ref().map_or("", |d| &d.0),
-                            r.max_delay.as_ref().map_or("", |d| &d.0)
-                        ),
-                    );
-                }
+            if let (Some(i), Some(m)) = (initial, max)
+                && i > m
+            {
+                self.error(
+                    &format!("{f}.initialDelay"),
+                    format!(
+                        "initialDelay ({}) must not exceed maxDelay ({})",
+                        r.initial_delay.as_ref().map_or("", |d| &d.0),
+                        r.max_delay.as_ref().map_or("", |d| &d.0)
+                    ),
+                );
             }
             if r.max_attempts == Some(0) {
                 self.error(&format!("{f}.maxAttempts"), "expected at least 1 attempt");
@@ -806,24 +808,24 @@ impl<'a> Checker<'a> {
         }
         if let Some(cb) = &d.circuit_breaker {
             let f = format!("{f}.circuitBreaker");
-            if let Some(r) = cb.failure_ratio {
-                if !(r > 0.0 && r <= 1.0) {
-                    self.error(
-                        &format!("{f}.failureRatio"),
-                        format!("expected a ratio above 0 and at most 1, found {r}"),
-                    );
-                }
+            if let Some(r) = cb.failure_ratio
+                && !(r > 0.0 && r <= 1.0)
+            {
+                self.error(
+                    &format!("{f}.failureRatio"),
+                    format!("expected a ratio above 0 and at most 1, found {r}"),
+                );
             }
             self.positive_duration(&format!("{f}.openFor"), cb.open_for.as_ref());
             self.positive_duration(&format!("{f}.window"), cb.window.as_ref());
         }
-        if let Some(rl) = &d.rate_limit {
-            if !(rl.per_second > 0.0 && rl.per_second.is_finite()) {
-                self.error(
-                    &format!("{f}.rateLimit.perSecond"),
-                    format!("expected a rate above 0, found {}", rl.per_second),
-                );
-            }
+        if let Some(rl) = &d.rate_limit
+            && !(rl.per_second > 0.0 && rl.per_second.is_finite())
+        {
+            self.error(
+                &format!("{f}.rateLimit.perSecond"),
+                format!("expected a rate above 0, found {}", rl.per_second),
+            );
         }
     }
 }

@@ -243,7 +243,7 @@ pub struct WebhookAuthenticator {
 }
 
 enum Scheme {
-    Hmac(HmacVerifier),
+    Hmac(Box<HmacVerifier>),
     Bearer {
         token_digest: [u8; 32],
     },
@@ -379,7 +379,7 @@ impl WebhookAuthenticator {
             return Err(AuthConfigError::NotExactlyOne { found });
         }
         let scheme = if let Some(h) = &auth.hmac {
-            Scheme::Hmac(HmacVerifier::new(h, secret)?)
+            Scheme::Hmac(Box::new(HmacVerifier::new(h, secret)?))
         } else if let Some(b) = &auth.bearer {
             let token = resolve(secret, "bearer.secretRef".to_owned(), &b.secret_ref)?;
             Scheme::Bearer {
@@ -649,23 +649,22 @@ impl HmacVerifier {
         );
         for (field, r) in refs {
             let mut value = resolve(secret, field.clone(), r)?;
-            if layout == Layout::StandardWebhooks {
-                if let Some(encoded) = value.strip_prefix(b"whsec_") {
-                    value =
-                        BASE64
-                            .decode(encoded)
-                            .map_err(|_| AuthConfigError::SecretEncoding {
-                                field: field.clone(),
-                                name: r.name.clone(),
-                                key: r.key.clone(),
-                            })?;
-                    if value.is_empty() {
-                        return Err(AuthConfigError::EmptySecret {
-                            field,
-                            name: r.name.clone(),
-                            key: r.key.clone(),
-                        });
-                    }
+            if layout == Layout::StandardWebhooks
+                && let Some(encoded) = value.strip_prefix(b"whsec_")
+            {
+                value = BASE64
+                    .decode(encoded)
+                    .map_err(|_| AuthConfigError::SecretEncoding {
+                        field: field.clone(),
+                        name: r.name.clone(),
+                        key: r.key.clone(),
+                    })?;
+                if value.is_empty() {
+                    return Err(AuthConfigError::EmptySecret {
+                        field,
+                        name: r.name.clone(),
+                        key: r.key.clone(),
+                    });
                 }
             }
             secrets.push(value);
@@ -1030,10 +1029,10 @@ impl ReplayTable {
     /// Records `key` until `expires`; false if it is already recorded and not yet expired.
     fn insert(&mut self, key: &str, now: SystemTime, expires: SystemTime) -> bool {
         let digest = sha256(key.as_bytes());
-        if let Some((expiry, _)) = self.entries.get(&digest) {
-            if *expiry > now {
-                return false;
-            }
+        if let Some((expiry, _)) = self.entries.get(&digest)
+            && *expiry > now
+        {
+            return false;
         }
         self.prune(now);
         while self.entries.len() >= self.capacity {

@@ -63,6 +63,14 @@ pub enum BusError {
         #[source]
         source: std::io::Error,
     },
+    /// No consumer group of that name reads the topic.
+    #[error("no consumer group {group} reads topic {topic}")]
+    NoSuchGroup {
+        /// Topic.
+        topic: String,
+        /// Group.
+        group: String,
+    },
     /// A broker error.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -77,7 +85,9 @@ pub struct Message {
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message").field("event", &self.event.id).finish()
+        f.debug_struct("Message")
+            .field("event", &self.event.id)
+            .finish()
     }
 }
 
@@ -107,7 +117,11 @@ pub trait Consumer: Send {
 /// The bus.
 pub trait Bus: Send + Sync + 'static {
     /// Publishes an event; returns once the bus holds it durably.
-    fn publish<'a>(&'a self, topic: &'a str, event: &'a Event) -> BoxFuture<'a, Result<(), BusError>>;
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
     /// Writes a dead-letter record; returns once it is durable.
     fn dead_letter<'a>(
         &'a self,
@@ -204,6 +218,47 @@ impl EmbeddedBus {
             .is_some_and(|g| !g.is_empty())
     }
 
+    /// Publishes to one consumer group of a topic only: redrive hands a dead letter back to the
+    /// stage that failed it, not to every reader of the topic.
+    pub async fn publish_to_group(
+        &self,
+        topic: &str,
+        group: &str,
+        event: &Event,
+    ) -> Result<(), BusError> {
+        let sender = self
+            .topics
+            .lock()
+            .expect("bus lock")
+            .get(topic)
+            .and_then(|groups| {
+                groups
+                    .iter()
+                    .find(|g| g.name == group)
+                    .map(|g| g.tx.clone())
+            });
+        let Some(tx) = sender else {
+            return Err(BusError::NoSuchGroup {
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+            });
+        };
+        let waited = self.options.publish_timeout;
+        let permit = match tokio::time::timeout(waited, tx.reserve()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(BusError::Closed),
+            Err(_) => {
+                return Err(BusError::Full {
+                    topic: topic.to_owned(),
+                    waited,
+                });
+            }
+        };
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
+        permit.send(event.clone());
+        Ok(())
+    }
+
     /// The dead-letter file of a topic.
     pub fn dead_letter_path(&self, topic: &str) -> PathBuf {
         self.options.dead_letter_dir.join(format!("{topic}.jsonl"))
@@ -211,7 +266,11 @@ impl EmbeddedBus {
 }
 
 impl Bus for EmbeddedBus {
-    fn publish<'a>(&'a self, topic: &'a str, event: &'a Event) -> BoxFuture<'a, Result<(), BusError>> {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             if self.closed.load(Ordering::SeqCst) {
                 return Err(BusError::Closed);
@@ -356,10 +415,13 @@ mod tests {
     async fn closing_drains_queued_events_then_ends() {
         let (bus, _dir) = bus(4);
         let mut c = bus.subscribe("t", "g").unwrap();
-        bus.publish("t", &Event::new("ns/b", "s", "t", json!(1))).await.unwrap();
+        bus.publish("t", &Event::new("ns/b", "s", "t", json!(1)))
+            .await
+            .unwrap();
         bus.close();
         assert!(matches!(
-            bus.publish("t", &Event::new("ns/b", "s", "t", json!(2))).await,
+            bus.publish("t", &Event::new("ns/b", "s", "t", json!(2)))
+                .await,
             Err(BusError::Closed)
         ));
         c.next().await.unwrap().ack();
@@ -370,6 +432,9 @@ mod tests {
     async fn a_group_joins_a_topic_once() {
         let (bus, _dir) = bus(4);
         let _c = bus.subscribe("t", "g").unwrap();
-        assert!(matches!(bus.subscribe("t", "g"), Err(BusError::DuplicateGroup { .. })));
+        assert!(matches!(
+            bus.subscribe("t", "g"),
+            Err(BusError::DuplicateGroup { .. })
+        ));
     }
 }

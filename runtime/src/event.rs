@@ -62,7 +62,9 @@ impl Event {
 
     /// The trace id from `traceparent`, for logs and dead letters.
     pub fn trace_id(&self) -> Option<&str> {
-        self.traceparent.as_deref().and_then(|t| t.split('-').nth(1))
+        self.traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1))
     }
 
     /// The CloudEvent attributes CEL and templates see as `event`.

@@ -2,12 +2,17 @@
 //! and `act` in a cluster (each reading the config the operator mounted), or all of them in one
 //! process with `inputbot run`. `inputbot validate` checks files before anyone applies them.
 
+pub mod actions;
 pub mod auth;
+pub mod bus;
 pub mod check;
 pub mod delivery;
-pub mod bus;
 pub mod dlq;
 pub mod event;
+pub mod intake;
+pub mod local;
+pub mod metrics;
 pub mod secrets;
-pub mod actions;
 pub mod sources;
+pub mod stages;
+pub mod steps;

@@ -1,0 +1,719 @@
+//! Webhook intake: the HTTP side of the ingest role.
+//!
+//! ```text
+//!  request ─▶ route (404) ─▶ method (405) ─▶ draining? (503) ─▶ rate limit (429)
+//!          ─▶ body limit (413) ─▶ auth on the raw bytes (401/409/400)
+//!          ─▶ parse: CloudEvent binary/structured, JSON, or form (400/415)
+//!          ─▶ edge schema (400 + JSON pointer) ─▶ idempotency key (duplicate → 202)
+//!          ─▶ publish to the raw topic, wait for the bus ─▶ 202 {id}   (or 503 + Retry-After)
+//! ```
+//!
+//! Auth, the body limit and the rate limit run before anything parses the body. Every answer
+//! has a JSON body `{"error": {"status", "reason", "message"}}` or `{"id": …}`. A `2xx` is only
+//! sent once the event is durable; when the bus cannot take it the caller gets `503` and the
+//! delivery id is forgotten, so the sender's retry is accepted.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::BodyExt;
+use inputbot_api::{
+    bot::WebhookSource,
+    config::IngestConfig,
+    expr::{Activation, CelExpr, Scope},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    auth::{AuthError, WebhookAuthenticator},
+    bus::Bus,
+    event::Event,
+    metrics::{self, Metrics, RejectLabels},
+    secrets::Secrets,
+};
+
+/// Default largest body: 1 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// Most idempotency keys remembered per source.
+const IDEMPOTENCY_CAPACITY: usize = 100_000;
+
+/// Why intake could not be set up (names the bot, source and field).
+#[derive(Debug, thiserror::Error)]
+#[error("{bot}: {field}: {message}")]
+pub struct IntakeError {
+    /// `InputBot ns/name`.
+    pub bot: String,
+    /// Field path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Readiness shared by intake and the role: false while the bus is down or the pod drains.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    draining: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Stop taking requests (`/readyz` fails, webhooks get 503).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the process is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+struct Route {
+    bot: String,
+    source: String,
+    topic: String,
+    auth: WebhookAuthenticator,
+    max_body: u64,
+    limiter: Option<DefaultDirectRateLimiter>,
+    schema: Option<jsonschema::Validator>,
+    idempotency: Option<(CelExpr, Idempotency)>,
+    event_type: String,
+}
+
+/// Shared state of the HTTP server.
+pub struct Intake {
+    routes: HashMap<String, Arc<Route>>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    health: Health,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("paths", &self.routes.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Intake {
+    /// Builds the webhook routes of the given bots (each with its own Secrets).
+    pub fn new(
+        bots: &[(IngestConfig, Secrets)],
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        health: Health,
+    ) -> Result<Arc<Self>, IntakeError> {
+        let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
+        for (config, secrets) in bots {
+            let bot = format!("{}/{}", config.bot.namespace, config.bot.name);
+            for (i, source) in config.sources.iter().enumerate() {
+                let Some(webhook) = &source.webhook else {
+                    continue;
+                };
+                let err = |field: &str, message: String| IntakeError {
+                    bot: config.bot.to_string(),
+                    field: format!("spec.sources[{i}].webhook.{field}"),
+                    message,
+                };
+                if let Some(other) = routes.get(&webhook.path) {
+                    return Err(err(
+                        "path",
+                        format!(
+                            "{} is already served by source {} of bot {}",
+                            webhook.path, other.source, other.bot
+                        ),
+                    ));
+                }
+                let route = build_route(&bot, &source.name, &config.topic, webhook, secrets)
+                    .map_err(|(field, message)| err(field, message))?;
+                routes.insert(webhook.path.clone(), Arc::new(route));
+            }
+        }
+        Ok(Arc::new(Self {
+            routes,
+            bus,
+            metrics,
+            health,
+        }))
+    }
+
+    /// The paths served.
+    pub fn paths(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.routes.keys().cloned().collect();
+        p.sort();
+        p
+    }
+
+    /// The router: webhooks plus `/healthz`, `/readyz` and `/metrics`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .fallback(webhook)
+            .with_state(self.clone())
+    }
+}
+
+fn build_route(
+    bot: &str,
+    source: &str,
+    topic: &str,
+    webhook: &WebhookSource,
+    secrets: &Secrets,
+) -> Result<Route, (&'static str, String)> {
+    let auth = WebhookAuthenticator::new(&webhook.auth, &secrets.resolver())
+        .map_err(|e| ("auth", e.to_string()))?;
+    let limiter = match &webhook.rate_limit {
+        Some(rl) => {
+            let period = Duration::from_secs_f64(1.0 / rl.per_second.max(0.000_001));
+            let burst = rl.burst.unwrap_or(rl.per_second.ceil() as u32).max(1);
+            let quota = Quota::with_period(period)
+                .ok_or(("rateLimit.perSecond", "must be above 0".to_owned()))?
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+            Some(RateLimiter::direct(quota))
+        }
+        None => None,
+    };
+    let schema = webhook
+        .schema
+        .as_ref()
+        .map(jsonschema::validator_for)
+        .transpose()
+        .map_err(|e| ("schema", e.to_string()))?;
+    let idempotency = match &webhook.idempotency_key {
+        Some(key) => {
+            let expr = CelExpr::compile(key, Scope::Intake).map_err(|e| ("idempotencyKey", e))?;
+            let window = webhook
+                .idempotency_window
+                .as_ref()
+                .map(|d| d.to_std())
+                .transpose()
+                .map_err(|e| ("idempotencyWindow", e))?
+                .unwrap_or(Duration::from_secs(24 * 3600));
+            Some((expr, Idempotency::new(window)))
+        }
+        None => None,
+    };
+    Ok(Route {
+        bot: bot.to_owned(),
+        source: source.to_owned(),
+        topic: topic.to_owned(),
+        auth,
+        max_body: webhook.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        limiter,
+        schema,
+        idempotency,
+        event_type: webhook
+            .event_type
+            .clone()
+            .unwrap_or_else(|| "dev.inputbot.webhook".to_owned()),
+    })
+}
+
+async fn readyz(State(intake): State<Arc<Intake>>) -> Response {
+    if intake.health.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !intake.bus.healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics_text(State(intake): State<Arc<Intake>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        intake.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// A refusal: status, stable reason, message, and optional extra headers.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+    allow: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+            retry_after: None,
+            allow: false,
+        }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"status": self.status.as_u16(), "reason": self.reason, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        if self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+async fn webhook(
+    State(intake): State<Arc<Intake>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let Some(route) = intake.routes.get(uri.path()).cloned() else {
+        return Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no webhook source serves {}", uri.path()),
+        )
+        .into_response();
+    };
+    let labels = metrics::source(&route.bot, &route.source);
+    intake.metrics.received.get_or_create(&labels).inc();
+    match accept(&intake, &route, method, &headers, body).await {
+        Ok((status, body)) => {
+            intake
+                .metrics
+                .intake_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            (status, axum::Json(body)).into_response()
+        }
+        Err(refusal) => {
+            intake
+                .metrics
+                .rejected
+                .get_or_create(&RejectLabels {
+                    bot: route.bot.clone(),
+                    source: route.source.clone(),
+                    reason: refusal.reason.to_owned(),
+                })
+                .inc();
+            tracing::info!(
+                target: "inputbot::intake",
+                bot = %route.bot, source = %route.source, status = refusal.status.as_u16(),
+                reason = refusal.reason, "rejected: {}", refusal.message
+            );
+            refusal.into_response()
+        }
+    }
+}
+
+async fn accept(
+    intake: &Intake,
+    route: &Route,
+    method: Method,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Value), Refusal> {
+    if method != Method::POST {
+        let mut r = Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("expected POST, found {method}"),
+        );
+        r.allow = true;
+        return Err(r);
+    }
+    if intake.health.is_draining() {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the bot is shutting down; retry",
+        )
+        .retry_after(5));
+    }
+    if let Some(limiter) = &route.limiter
+        && let Err(not_until) = limiter.check()
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        return Err(Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this source accepts no more requests right now",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64));
+    }
+    // The body limit: refuse on Content-Length at once, and cap what is read otherwise.
+    let too_large = || {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body exceeds this source's limit of {} bytes",
+                route.max_body
+            ),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > route.max_body
+    {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("could not read the body: {e}"),
+            ));
+        }
+    };
+    let verified = route
+        .auth
+        .verify(headers, &bytes, SystemTime::now())
+        .map_err(|e: AuthError| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+    let forget = || {
+        if let Some(id) = &verified.delivery_id {
+            route.auth.forget(id);
+        }
+    };
+    let mut event = match parse(route, headers, &bytes) {
+        Ok(e) => e,
+        Err(r) => {
+            forget();
+            return Err(r);
+        }
+    };
+    if let Some(schema) = &route.schema {
+        let errors: Vec<(String, String)> = schema
+            .iter_errors(&event.data)
+            .take(5)
+            .map(|e| (e.instance_path().to_string(), e.to_string()))
+            .collect();
+        if let Some((pointer, _)) = errors.first() {
+            forget();
+            let pointer = if pointer.is_empty() {
+                "/".to_owned()
+            } else {
+                pointer.clone()
+            };
+            let details: Vec<String> = errors
+                .iter()
+                .map(|(p, m)| format!("{}: {m}", if p.is_empty() { "/" } else { p }))
+                .collect();
+            let mut r = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "schema",
+                format!(
+                    "the payload does not match the source's schema at {pointer}: {}",
+                    details.join("; ")
+                ),
+            );
+            r.message.truncate(2048);
+            return Err(r);
+        }
+    }
+    // Idempotency: a key already accepted inside the window is answered like the first time.
+    let key = match &route.idempotency {
+        Some((expr, store)) => {
+            let vars = Activation::new()
+                .with("headers", lower_case_headers(headers))
+                .with("data", event.data.clone())
+                .with("event", event.attributes());
+            let key = match expr.eval(&vars) {
+                Ok(Value::String(s)) => s,
+                Ok(Value::Null) | Err(_) => {
+                    forget();
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "idempotency_key",
+                        format!(
+                            "the idempotency key {:?} could not be computed from this request",
+                            expr.source()
+                        ),
+                    ));
+                }
+                Ok(other) => other.to_string(),
+            };
+            match store.claim(&key, &event.id) {
+                Claim::New => Some((store, key)),
+                Claim::Seen(id) => {
+                    intake
+                        .metrics
+                        .duplicates
+                        .get_or_create(&metrics::source(&route.bot, &route.source))
+                        .inc();
+                    return Ok((StatusCode::ACCEPTED, json!({"id": id, "duplicate": true})));
+                }
+                Claim::Pending => {
+                    forget();
+                    return Err(Refusal::new(
+                        StatusCode::CONFLICT,
+                        "in_progress",
+                        "a request with the same idempotency key is being accepted; retry",
+                    )
+                    .retry_after(1));
+                }
+            }
+        }
+        None => None,
+    };
+    event.extensions.remove("inputbotbot");
+    match intake.bus.publish(&route.topic, &event).await {
+        Ok(()) => {
+            if let Some((store, key)) = &key {
+                store.confirm(key);
+            }
+            intake
+                .metrics
+                .accepted
+                .get_or_create(&metrics::source(&route.bot, &route.source))
+                .inc();
+            tracing::info!(
+                target: "inputbot::intake",
+                bot = %route.bot, source = %route.source, event = %event.id,
+                trace = event.trace_id().unwrap_or(""), "accepted"
+            );
+            Ok((StatusCode::ACCEPTED, json!({"id": event.id})))
+        }
+        Err(e) => {
+            if let Some((store, key)) = &key {
+                store.release(key);
+            }
+            forget();
+            tracing::warn!(target: "inputbot::intake", bot = %route.bot, source = %route.source, "bus refused the event: {e}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the event could not be stored, nothing was accepted; retry later ({e})"),
+            )
+            .retry_after(5))
+        }
+    }
+}
+
+fn lower_case_headers(headers: &HeaderMap) -> Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            map.insert(
+                name.as_str().to_ascii_lowercase(),
+                Value::String(v.to_owned()),
+            );
+        }
+    }
+    Value::Object(map)
+}
+
+/// Turns the body into an event: a CloudEvent (binary or structured mode), a JSON document, or
+/// a form.
+fn parse(route: &Route, headers: &HeaderMap, bytes: &[u8]) -> Result<Event, Refusal> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let is_cloudevent =
+        headers.contains_key("ce-specversion") || media == "application/cloudevents+json";
+    if is_cloudevent {
+        return parse_cloudevent(route, headers, bytes);
+    }
+    let data = if media.is_empty() || media == "application/json" || media.ends_with("+json") {
+        serde_json::from_slice::<Value>(bytes).map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?
+    } else if media == "application/x-www-form-urlencoded" {
+        let map: serde_json::Map<String, Value> = url::form_urlencoded::parse(bytes)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        Value::Object(map)
+    } else {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "expected application/json, application/x-www-form-urlencoded or a CloudEvent, found {media}"
+            ),
+        ));
+    };
+    let mut event = Event::new(&route.bot, &route.source, &route.event_type, data);
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok())
+        && is_traceparent(tp)
+    {
+        event.traceparent = Some(tp.to_owned());
+    }
+    Ok(event)
+}
+
+fn parse_cloudevent(route: &Route, headers: &HeaderMap, bytes: &[u8]) -> Result<Event, Refusal> {
+    use cloudevents::{AttributesReader, event::ExtensionValue};
+    let bad = |m: String| Refusal::new(StatusCode::BAD_REQUEST, "invalid_cloudevent", m);
+    let ce = cloudevents::binding::http::to_event(headers, bytes.to_vec())
+        .map_err(|e| bad(format!("not a valid CloudEvent: {e}")))?;
+    let data = match ce.data() {
+        None => Value::Null,
+        Some(cloudevents::Data::Json(v)) => v.clone(),
+        Some(cloudevents::Data::String(s)) => {
+            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+        }
+        Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b)
+            .map_err(|_| bad("CloudEvent data must be JSON (or a JSON string)".to_owned()))?,
+    };
+    let mut event = Event::new(&route.bot, &route.source, ce.ty(), data);
+    event.id = ce.id().to_owned();
+    event.source = ce.source().to_string();
+    event.subject = ce.subject().map(str::to_owned);
+    if let Some(t) = ce.time() {
+        event.time = *t;
+    }
+    let mut extensions = BTreeMap::new();
+    for (name, value) in ce.iter_extensions() {
+        let text = match value {
+            ExtensionValue::String(s) => s.clone(),
+            ExtensionValue::Boolean(b) => b.to_string(),
+            ExtensionValue::Integer(i) => i.to_string(),
+        };
+        if name == "traceparent" {
+            if is_traceparent(&text) {
+                event.traceparent = Some(text);
+            }
+        } else {
+            extensions.insert(name.to_owned(), text);
+        }
+    }
+    event.extensions = extensions;
+    Ok(event)
+}
+
+fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 4
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+enum Claim {
+    New,
+    Seen(String),
+    Pending,
+}
+
+/// Idempotency keys of one source: bounded, expiring.
+struct Idempotency {
+    window: Duration,
+    inner: Mutex<IdempotencyInner>,
+}
+
+#[derive(Default)]
+struct IdempotencyInner {
+    // key → (event id, confirmed, when)
+    keys: HashMap<String, (String, bool, Instant)>,
+    order: VecDeque<(String, Instant)>,
+}
+
+impl Idempotency {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            inner: Mutex::new(IdempotencyInner::default()),
+        }
+    }
+
+    fn claim(&self, key: &str, event_id: &str) -> Claim {
+        let mut inner = self.inner.lock().expect("idempotency lock");
+        let now = Instant::now();
+        // Drop expired keys and keep the store bounded.
+        while let Some((k, at)) = inner.order.front().cloned() {
+            if now.duration_since(at) < self.window && inner.order.len() < IDEMPOTENCY_CAPACITY {
+                break;
+            }
+            inner.order.pop_front();
+            if inner.keys.get(&k).is_some_and(|(_, _, t)| *t == at) {
+                inner.keys.remove(&k);
+            }
+        }
+        match inner.keys.get(key) {
+            Some((id, true, _)) => Claim::Seen(id.clone()),
+            Some((_, false, _)) => Claim::Pending,
+            None => {
+                inner
+                    .keys
+                    .insert(key.to_owned(), (event_id.to_owned(), false, now));
+                inner.order.push_back((key.to_owned(), now));
+                Claim::New
+            }
+        }
+    }
+
+    fn confirm(&self, key: &str) {
+        if let Some(entry) = self
+            .inner
+            .lock()
+            .expect("idempotency lock")
+            .keys
+            .get_mut(key)
+        {
+            entry.1 = true;
+        }
+    }
+
+    fn release(&self, key: &str) {
+        self.inner
+            .lock()
+            .expect("idempotency lock")
+            .keys
+            .remove(key);
+    }
+}

@@ -1,0 +1,592 @@
+//! A whole bot in one process on the embedded bus, over real HTTP on ephemeral ports, with a
+//! real local HTTP server as the action target.
+
+mod support;
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "s3cret-for-tests";
+
+fn bot(target: &str, extra_source: &str, delivery: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{hmac: {SECRET}, token: tok-123}}
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: InputBot
+metadata: {{name: intake}}
+spec:
+  sources:
+    - name: gh
+      webhook:
+        path: /gh
+        auth: {{hmac: {{preset: github, secretRef: {{name: creds, key: hmac}}}}}}
+        maxBodyBytes: 4096
+        schema:
+          type: object
+          required: [kind]
+          properties:
+            kind: {{enum: [ticket, skip]}}
+            n: {{type: integer}}
+{extra_source}
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: flow}}
+spec:
+  botRef: {{name: intake}}
+  steps:
+    - name: drop-skips
+      filter: {{when: 'data.kind != "skip"'}}
+    - name: shape
+      transform: {{jq: '{{n: .n, text: ("ticket " + (.n | tostring))}}'}}
+    - classify: {{rules: [{{when: 'data.n % 2 == 0', label: even}}], defaultLabel: odd}}
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: ActionBinding
+metadata: {{name: crm}}
+spec:
+  pipelineRef: {{name: flow}}
+  action:
+    http:
+      url: {target}
+      headers: {{Authorization: {{secretRef: {{name: creds, key: token}}}}}}
+      body: {{jq: '{{ticket: .n, text: .text}}'}}
+  delivery:
+{delivery}
+"#
+    )
+}
+
+const FAST_RETRY: &str = "    retry: {maxAttempts: 3, initialDelay: 1ms, maxDelay: 5ms, jitter: false}\n    circuitBreaker: {minRequests: 100000}";
+
+async fn post_signed(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
+    let bytes = serde_json::to_vec(body).unwrap();
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", github_signature(SECRET, &bytes))
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_event_flows_from_webhook_through_the_steps_to_the_target_with_the_rendered_body() {
+    let target = Target::start(Behaviour::Ok).await;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    let response = post_signed(&client(), &url, &json!({"kind": "ticket", "n": 7})).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let received = target.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body, r#"{"ticket":7,"text":"ticket 7"}"#);
+    assert_eq!(received[0].event_id, id);
+    assert_eq!(received[0].headers["authorization"], "tok-123");
+    assert_eq!(received[0].headers["ce-id"], id.as_str());
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn intake_answers_404_405_413_400_and_401_with_json_errors() {
+    let target = Target::start(Behaviour::Ok).await;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
+    let base = format!("http://{}", engine.addr().unwrap());
+    let c = client();
+
+    let r = c
+        .post(format!("{base}/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["reason"],
+        "not_found"
+    );
+
+    let r = c.get(format!("{base}/gh")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+
+    let big = json!({"kind": "ticket", "pad": "x".repeat(5000)});
+    let r = post_signed(&c, &format!("{base}/gh"), &big).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["reason"],
+        "too_large"
+    );
+
+    let r = post_signed(
+        &c,
+        &format!("{base}/gh"),
+        &json!({"kind": "ticket", "n": "seven"}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["error"]["reason"], "schema");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("/n"),
+        "{body}"
+    );
+
+    let r = c
+        .post(format!("{base}/gh"))
+        .header("content-type", "application/json")
+        .header("x-github-delivery", "d-wrong")
+        .header(
+            "x-hub-signature-256",
+            github_signature("wrong", b"{\"kind\":\"ticket\"}"),
+        )
+        .body("{\"kind\":\"ticket\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let bytes = br#"{"kind":"ticket","n":1}"#;
+    let r = c
+        .post(format!("{base}/gh"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", github_signature(SECRET, bytes))
+        .header("x-github-delivery", "d-tampered")
+        .body(&br#"{"kind":"ticket","n":2}"#[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a tampered body must not pass");
+
+    let body = r#"{"kind":"ticket","n":3}"#;
+    let r = c
+        .post(format!("{base}/gh"))
+        .header("content-type", "text/plain")
+        .header("x-github-delivery", "d-text")
+        .header(
+            "x-hub-signature-256",
+            github_signature(SECRET, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(&metrics, "inputbot_events_rejected_total") >= 5,
+        "{metrics}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replayed_github_delivery_is_refused() {
+    let target = Target::start(Behaviour::Ok).await;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    let bytes = br#"{"kind":"ticket","n":1}"#.to_vec();
+    let send = || {
+        client()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+            .header("x-hub-signature-256", github_signature(SECRET, &bytes))
+            .body(bytes.clone())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 202);
+    assert_eq!(send().await.unwrap().status(), 409);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let target = Target::start(Behaviour::Ok).await;
+    let source = r#"    - name: limited
+      webhook:
+        path: /limited
+        auth: {none: {}}
+        rateLimit: {perSecond: 1, burst: 2}"#;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), source, FAST_RETRY)).await;
+    let url = format!("http://{}/limited", engine.addr().unwrap());
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = c
+            .post(&url)
+            .json(&json!({"kind": "skip"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            let after: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(after >= 1);
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [202, 202, 429, 429]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_bus_answers_503_with_retry_after_and_accepts_nothing_it_cannot_keep() {
+    // The target hangs, so deliveries pile up; with a queue of 1 the bus fills quickly.
+    let target = Target::start(Behaviour::Ok).await;
+    let source = r#"    - name: open
+      webhook:
+        path: /open
+        auth: {none: {}}"#;
+    let yaml = bot(&target.url("/leads"), source, FAST_RETRY)
+        .replace("pipelineRef: {name: flow}", "botRef: {name: intake}")
+        .replace(
+            &format!("url: {}", target.url("/leads")),
+            "url: http://127.0.0.1:9/unreachable",
+        )
+        .replace(
+            "maxAttempts: 3, initialDelay: 1ms, maxDelay: 5ms",
+            "maxAttempts: 100, initialDelay: 1s, maxDelay: 1s",
+        );
+    let (engine, _dir) = start_with(&yaml, |o| {
+        o.queue_capacity = 1;
+        o.publish_timeout = Duration::from_millis(50);
+        o.drain_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let url = format!("http://{}/open", engine.addr().unwrap());
+    let c = client();
+    let mut accepted = 0;
+    let mut unavailable = 0;
+    for i in 0..200 {
+        let r = c
+            .post(&url)
+            .json(&json!({"kind": "ticket", "n": i}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted += 1,
+            503 => {
+                assert!(r.headers().contains_key("retry-after"));
+                unavailable += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "the bus never filled ({accepted} accepted)"
+    );
+    // Every accepted event is accounted for at shutdown: cut short and dead-lettered.
+    let report = engine.shutdown().await;
+    assert_eq!(report.outstanding, 0);
+}
+
+#[tokio::test]
+async fn a_cloudevent_in_binary_and_structured_mode_keeps_its_id_and_type() {
+    let target = Target::start(Behaviour::Ok).await;
+    let source = r#"    - name: ce
+      webhook:
+        path: /ce
+        auth: {none: {}}"#;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), source, FAST_RETRY)).await;
+    let url = format!("http://{}/ce", engine.addr().unwrap());
+    let c = client();
+    let r = c
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "evt-binary-1")
+        .header("ce-source", "/billing")
+        .header("ce-type", "com.example.ticket")
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"ticket","n":4}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], "evt-binary-1");
+    let structured = json!({"specversion": "1.0", "id": "evt-structured-1", "source": "/billing",
+        "type": "com.example.ticket", "datacontenttype": "application/json", "data": {"kind": "ticket", "n": 6}});
+    let r = c
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(structured.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "a binary CloudEvent without id/source/type is invalid"
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let mut ids: Vec<String> = target.received().into_iter().map(|r| r.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["evt-binary-1", "evt-structured-1"]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_timings_follow_the_policy_within_ten_percent() {
+    let target = Target::start(Behaviour::FailFirst(3)).await;
+    let delivery = "    retry: {maxAttempts: 4, initialDelay: 200ms, maxDelay: 2s, jitter: false}\n    circuitBreaker: {minRequests: 100000}";
+    let (engine, _dir) = start(&bot(&target.url("/leads"), "", delivery)).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 1}))
+            .await
+            .status(),
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let received = target.received();
+    assert_eq!(
+        received.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 503, 503, 200]
+    );
+    let gaps: Vec<f64> = received
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at).as_secs_f64() * 1000.0)
+        .collect();
+    for (gap, expected) in gaps.iter().zip([200.0, 400.0, 800.0]) {
+        assert!(
+            (gap - expected).abs() <= expected * 0.10,
+            "gap {gap:.0}ms, expected {expected}ms ± 10% (all gaps {gaps:?})"
+        );
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_on_failures_and_recovers() {
+    let target = Target::start(Behaviour::Always(503)).await;
+    let delivery = "    retry: {maxAttempts: 100, initialDelay: 10ms, maxDelay: 20ms, jitter: false}\n    circuitBreaker: {failureRatio: 0.5, minRequests: 4, openFor: 1s, window: 10s}";
+    let (engine, _dir) = start(&bot(&target.url("/leads"), "", delivery)).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 1}))
+            .await
+            .status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Open: the first failures opened it and no call was made since.
+    let calls_while_open = target.received().len();
+    assert!(
+        (4..=6).contains(&calls_while_open),
+        "{calls_while_open} calls"
+    );
+    target.set(Behaviour::Ok);
+    assert!(
+        engine.settle(Duration::from_secs(5)).await,
+        "the breaker never let a trial through"
+    );
+    let received = target.received();
+    let last = received.last().unwrap();
+    assert_eq!(last.status, 200);
+    let pause = last.at.duration_since(received[received.len() - 2].at);
+    assert!(
+        pause >= Duration::from_millis(900),
+        "the trial came after {pause:?}, before openFor"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn accounting_holds_over_ten_thousand_events_with_a_target_failing_thirty_percent() {
+    let target = Target::start(Behaviour::FailRatio(0.3)).await;
+    let (engine, dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    let c = client();
+    let total = 10_000usize;
+    let mut accepted = Vec::with_capacity(total);
+    let mut skipped = 0;
+    // Bounded concurrency: 32 requests in flight.
+    let mut pending = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for i in 0..total {
+        let kind = if i % 10 == 0 { "skip" } else { "ticket" };
+        if kind == "skip" {
+            skipped += 1;
+        }
+        let body = json!({"kind": kind, "n": i});
+        let (c, url) = (c.clone(), url.clone());
+        pending.push(async move {
+            let r = post_signed(&c, &url, &body).await;
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        });
+        if pending.len() >= 32 {
+            let (status, body) = pending.next().await.unwrap();
+            assert_eq!(status, 202, "{body}");
+            accepted.push(body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    while let Some((status, body)) = pending.next().await {
+        assert_eq!(status, 202, "{body}");
+        accepted.push(body["id"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        engine.settle(Duration::from_secs(120)).await,
+        "not every event was handled"
+    );
+    let metrics = engine.metrics().encode();
+    let delivered: HashSet<String> = target.delivered_ids().into_iter().collect();
+    let received = target.received();
+    let duplicates = received.iter().filter(|r| r.status < 300).count() - delivered.len();
+    let dead: HashSet<String> =
+        inputbot_runtime::dlq::read(&dir.path().join("dlq/inputbot.default.crm.act.dlq.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event.id)
+            .collect();
+    let filtered = metric(&metrics, "inputbot_events_filtered_total") as usize;
+    let accepted_set: HashSet<String> = accepted.iter().cloned().collect();
+    assert_eq!(accepted_set.len(), total, "every request was accepted once");
+    assert!(
+        delivered.is_disjoint(&dead),
+        "an event was both delivered and dead-lettered"
+    );
+    assert!(delivered.is_subset(&accepted_set) && dead.is_subset(&accepted_set));
+    // accepted = delivered + dead-lettered + filtered
+    assert_eq!(filtered, skipped);
+    assert_eq!(
+        delivered.len() + dead.len() + filtered,
+        total,
+        "delivered {} + dead {} + filtered {filtered}",
+        delivered.len(),
+        dead.len()
+    );
+    assert_eq!(
+        duplicates, 0,
+        "the target saw {duplicates} duplicate deliveries"
+    );
+    assert_eq!(
+        metric(&metrics, "inputbot_events_delivered_total") as usize,
+        delivered.len()
+    );
+    assert_eq!(
+        metric(&metrics, "inputbot_events_dead_lettered_total") as usize,
+        dead.len()
+    );
+    // With 3 attempts at 30 % failure about 2.7 % are dead-lettered.
+    assert!(
+        dead.len() > 50 && dead.len() < 600,
+        "{} dead letters",
+        dead.len()
+    );
+    let report = engine.shutdown().await;
+    assert_eq!(report.outstanding, 0);
+}
+
+#[tokio::test]
+async fn redrive_delivers_dead_letters_once_the_target_is_healthy() {
+    let target = Target::start(Behaviour::Always(503)).await;
+    let yaml = bot(&target.url("/leads"), "", FAST_RETRY);
+    let (engine, dir) = start(&yaml).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    for n in 0..5 {
+        assert_eq!(
+            post_signed(&client(), &url, &json!({"kind": "ticket", "n": n}))
+                .await
+                .status(),
+            202
+        );
+    }
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    engine.shutdown().await;
+    let file = dir.path().join("dlq/inputbot.default.crm.act.dlq.jsonl");
+    let dead = inputbot_runtime::dlq::read(&file).unwrap();
+    assert_eq!(dead.len(), 5);
+    assert_eq!(dead[0].error.status, Some(503));
+    assert_eq!(dead[0].error.attempts, 3);
+    assert_eq!(dead[0].failed_at.stage, "action");
+
+    target.set(Behaviour::Ok);
+    let before = target.received().len();
+    let report = inputbot_runtime::local::redrive(
+        resources(&yaml),
+        dir.path(),
+        &inputbot_runtime::local::RedriveOptions {
+            topic: None,
+            filter: Some("data.n < 3".into()),
+            rate: 1000.0,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.redriven, report.failed_again, report.kept),
+        (3, 0, 2)
+    );
+    let after: Vec<_> = target.received()[before..]
+        .iter()
+        .map(|r| r.event_id.clone())
+        .collect();
+    assert_eq!(after.len(), 3);
+    let left = inputbot_runtime::dlq::read(&file).unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(
+        left.iter()
+            .all(|r| r.event.data["n"].as_i64().unwrap() >= 3)
+    );
+}
+
+#[tokio::test]
+async fn a_step_failure_is_dead_lettered_with_the_step_and_reason() {
+    let target = Target::start(Behaviour::Ok).await;
+    let yaml = bot(&target.url("/leads"), "", FAST_RETRY).replace(
+        "transform: {jq: '{n: .n, text: (\"ticket \" + (.n | tostring))}'}",
+        "transform: {jq: '{n: .n, text: (\"ticket \" + .n)}'}",
+    );
+    let (engine, dir) = start(&yaml).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 1}))
+            .await
+            .status(),
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    engine.shutdown().await;
+    let dead = inputbot_runtime::dlq::read(&dir.path().join("dlq/inputbot.default.flow.dlq.jsonl"))
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].failed_at.name, "shape");
+    assert_eq!(dead[0].failed_at.stage, "step");
+    assert_eq!(dead[0].error.class, "transform");
+    assert!(target.received().is_empty());
+}
