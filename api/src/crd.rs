@@ -215,3 +215,146 @@ mod tests {
         }
     }
 }
+
+/// The API reference in Markdown, generated from the schemas (what `kubectl explain` shows):
+/// one table per kind with every field path, its type, bounds and description.
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "# API reference (`inputbot.dev/v1alpha1`)\n\n\
+         Generated from the CRD schemas by `cargo run -p inputbot-operator -- api-docs`; do not edit.\n\
+         The same text is served by `kubectl explain <kind>.<field>`.\n",
+    );
+    for crd in crds() {
+        let kind = &crd.spec.names.kind;
+        let Some(schema) = schema(kind) else { continue };
+        out.push_str(&format!("\n## {kind}\n\n"));
+        if let Some(d) = schema.get("description").and_then(Value::as_str) {
+            out.push_str(&format!("{}\n\n", d.replace('\n', " ")));
+        }
+        let short = crd
+            .spec
+            .names
+            .short_names
+            .clone()
+            .unwrap_or_default()
+            .join(", ");
+        out.push_str(&format!(
+            "`kubectl get {}` (short names: {short}; category `inputbot`)\n\n| field | type | description |\n|---|---|---|\n",
+            crd.spec.names.plural
+        ));
+        for key in ["spec", "status"] {
+            if let Some(s) = schema.pointer(&format!("/properties/{key}")) {
+                fields(key, s, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn fields(path: &str, schema: &Value, out: &mut String) {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for (name, prop) in props {
+        let p = format!("{path}.{name}");
+        // Kubernetes' own types are documented upstream.
+        let upstream = name == "resources" || name == "conditions";
+        let mut ty = type_of(prop);
+        if required.contains(&name.as_str()) {
+            ty.push_str(", required");
+        }
+        let mut description = prop
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .replace('\n', " ")
+            .replace('|', "\\|");
+        let bounds = bounds(prop);
+        if !bounds.is_empty() {
+            description.push_str(&format!(" _({bounds})_"));
+        }
+        out.push_str(&format!("| `{p}` | {ty} | {description} |\n"));
+        if upstream {
+            continue;
+        }
+        fields(&p, prop, out);
+        if let Some(items) = prop.get("items") {
+            fields(&format!("{p}[]"), items, out);
+        }
+        if let Some(values) = prop.get("additionalProperties").filter(|v| v.is_object()) {
+            fields(&format!("{p}.<name>"), values, out);
+        }
+    }
+}
+
+fn type_of(prop: &Value) -> String {
+    if prop.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return "any JSON".into();
+    }
+    match prop.get("type").and_then(Value::as_str) {
+        Some("array") => format!(
+            "list of {}",
+            prop.get("items")
+                .map(type_of)
+                .unwrap_or_else(|| "values".into())
+        ),
+        Some("object")
+            if prop
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
+            format!("map of {}", type_of(&prop["additionalProperties"]))
+        }
+        Some(t) => {
+            if let Some(e) = prop.get("enum").and_then(Value::as_array) {
+                let values: Vec<String> = e
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(|v| format!("`{v}`"))
+                    .collect();
+                format!("{t}: {}", values.join(" \\| "))
+            } else {
+                t.to_owned()
+            }
+        }
+        None => "value".into(),
+    }
+}
+
+fn bounds(prop: &Value) -> String {
+    let mut b = Vec::new();
+    for (key, label) in [
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("minItems", "min items"),
+        ("maxItems", "max items"),
+    ] {
+        if let Some(v) = prop.get(key) {
+            b.push(format!(
+                "{label} {}",
+                v.as_f64().map_or(v.to_string(), |f| format!("{f}"))
+            ));
+        }
+    }
+    if let Some(p) = prop.get("pattern").and_then(Value::as_str) {
+        b.push(format!("pattern `{}`", p.replace('|', "\\|")));
+    }
+    if let Some(rules) = prop
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    {
+        for r in rules {
+            if let Some(m) = r.get("message").and_then(Value::as_str) {
+                b.push(format!("rule: {m}"));
+            }
+        }
+    }
+    b.join("; ")
+}

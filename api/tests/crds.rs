@@ -24,6 +24,17 @@ fn crds_directory_matches_the_types() {
 }
 
 #[test]
+fn api_reference_matches_the_types() {
+    let path = repo().join("docs/api.md");
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == crd::reference_markdown(),
+        "{} is out of date with api/src. Regenerate it with:\n    cargo run -p inputbot-operator -- api-docs > docs/api.md",
+        path.display()
+    );
+}
+
+#[test]
 fn crd_schemas_match_their_snapshots() {
     for kind in ["InputBot", "Pipeline", "ActionBinding"] {
         insta::assert_yaml_snapshot!(kind, crd::schema(kind).unwrap());

@@ -21,10 +21,13 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Print the API reference (Markdown) generated from the CRD schemas.
+    ApiDocs,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::ApiDocs => print!("{}", inputbot_api::crd::reference_markdown()),
         Command::Crds { out_dir: None } => print!("{}", inputbot_api::crd::all_yaml()),
         Command::Crds { out_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
