@@ -341,6 +341,11 @@ impl Engine {
         &self.metrics
     }
 
+    /// Readiness: [`Health::drain`] makes `/readyz` fail and webhooks answer 503.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The bus (for redrive and tests).
     pub fn bus(&self) -> &Arc<EmbeddedBus> {
         &self.bus

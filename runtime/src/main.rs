@@ -106,14 +106,19 @@ enum DlqCommand {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("INPUTBOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout is the log action's (and `dlq inspect`'s) output.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Text => fmt()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .with_target(false)
             .compact()
             .init(),
         LogFormat::Json => fmt()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .init(),

@@ -590,3 +590,242 @@ async fn a_step_failure_is_dead_lettered_with_the_step_and_reason() {
     assert_eq!(dead[0].error.class, "transform");
     assert!(target.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_duplicate_idempotency_key_is_answered_202_and_published_once() {
+    let target = Target::start(Behaviour::Ok).await;
+    let source = r#"    - name: keyed
+      webhook:
+        path: /keyed
+        auth: {none: {}}
+        idempotencyKey: "string(data.n)""#;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), source, FAST_RETRY)).await;
+    let url = format!("http://{}/keyed", engine.addr().unwrap());
+    let c = client();
+    let first = c
+        .post(&url)
+        .json(&json!({"kind": "ticket", "n": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = c
+        .post(&url)
+        .json(&json!({"kind": "ticket", "n": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["duplicate"], true);
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    assert_eq!(target.received().len(), 1, "published twice");
+    let metrics = engine.metrics().encode();
+    assert_eq!(metric(&metrics, "inputbot_events_duplicate_total"), 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_are_served_and_readiness_fails_while_draining() {
+    let target = Target::start(Behaviour::Ok).await;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
+    let base = format!("http://{}", engine.addr().unwrap());
+    let c = client();
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_signed(
+            &c,
+            &format!("{base}/gh"),
+            &json!({"kind": "ticket", "n": 2})
+        )
+        .await
+        .status(),
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"inputbot_events_accepted_total{bot="default/intake",source="gh"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"inputbot_events_delivered_total{resource="default/crm",stage="http"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("inputbot_stage_duration_seconds_bucket"),
+        "{text}"
+    );
+    engine.health().drain();
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let r = post_signed(
+        &c,
+        &format!("{base}/gh"),
+        &json!({"kind": "ticket", "n": 3}),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "liveness stays up while draining"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn enrich_merges_the_response_under_its_field_and_caches_it() {
+    let target = Target::start(Behaviour::Ok).await;
+    // A lookup service on 127.0.0.1 answering with the customer for an id.
+    let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = lookups.clone();
+    let app = axum::Router::new().route(
+        "/customers/{id}",
+        axum::routing::get(
+            move |axum::extract::Path(id): axum::extract::Path<String>| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { axum::Json(json!({"id": id, "tier": "gold"})) }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lookup = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let yaml = bot(&target.url("/leads"), "", FAST_RETRY)
+        .replace(
+            "    - classify:",
+            &format!("    - enrich: {{http: {{url: 'http://{lookup}/customers/{{{{ data.n }}}}', resultField: customer, cacheTTL: 1m}}}}\n    - classify:"),
+        )
+        .replace("body: {jq: '{ticket: .n, text: .text}'}", "body: {jq: '{ticket: .n, tier: .customer.tier}'}");
+    let (engine, _dir) = start(&yaml).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    for _ in 0..3 {
+        assert_eq!(
+            post_signed(&client(), &url, &json!({"kind": "ticket", "n": 9}))
+                .await
+                .status(),
+            202
+        );
+    }
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let bodies: Vec<String> = target.received().into_iter().map(|r| r.body).collect();
+    assert_eq!(bodies, vec![r#"{"ticket":9,"tier":"gold"}"#; 3]);
+    assert!(
+        lookups.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        "the cache was not used"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_notifies_a_person_with_the_error() {
+    let target = Target::start(Behaviour::Always(500)).await;
+    let chat = Target::start(Behaviour::Ok).await;
+    let yaml = bot(&target.url("/leads"), "", FAST_RETRY).replace(
+        "stringData: {hmac: s3cret-for-tests, token: tok-123}",
+        &format!(
+            "stringData: {{hmac: s3cret-for-tests, token: tok-123, chat: '{}'}}",
+            chat.url("/notify")
+        ),
+    ) + "  notify:\n    onDeadLetter:\n      slack: {webhookSecretRef: {name: creds, key: chat}, text: 'ticket {{ data.n }} failed {{ error.attempts }} times: HTTP {{ error.status }}'}\n";
+    let (engine, _dir) = start(&yaml).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 11}))
+            .await
+            .status(),
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let notices = chat.received();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(
+        notices[0].body,
+        r#"{"text":"ticket 11 failed 3 times: HTTP 500"}"#
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kafka_source_is_refused_locally_naming_the_source() {
+    let yaml = bot(
+        "http://127.0.0.1:9/x",
+        "    - name: orders\n      kafka: {topic: orders}",
+        FAST_RETRY,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = inputbot_runtime::local::Engine::start(
+        resources(&yaml),
+        inputbot_runtime::local::LocalOptions::new(None, dir.path()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("InputBot default/intake: spec.sources[1].kafka"),
+        "{err}"
+    );
+    assert!(err.contains("needs the Kafka bus"), "{err}");
+}
+
+#[tokio::test]
+async fn no_secret_value_reaches_logs_metrics_or_dead_letters() {
+    let target = Target::start(Behaviour::Always(401)).await;
+    let (engine, dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 1}))
+            .await
+            .status(),
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    let metrics = engine.metrics().encode();
+    engine.shutdown().await;
+    let dead =
+        std::fs::read_to_string(dir.path().join("dlq/inputbot.default.crm.act.dlq.jsonl")).unwrap();
+    assert!(dead.contains("\"status\":401"), "{dead}");
+    for secret in [SECRET, "tok-123"] {
+        assert!(
+            !dead.contains(secret),
+            "a secret reached the dead letter: {dead}"
+        );
+        assert!(!metrics.contains(secret), "a secret reached the metrics");
+    }
+}
