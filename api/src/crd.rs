@@ -61,7 +61,7 @@ pub fn check_document(kind: &str, document: &Value) -> Vec<String> {
     let Some(schema) = schema(kind) else {
         return vec![format!("no schema for kind {kind}")];
     };
-    let structural = structural_problems(kind, schema, document);
+    let structural = structural_problems(kind, document);
     if !structural.is_empty() {
         // CEL rules assume a well-formed object; report the shape first.
         return structural;
@@ -82,7 +82,7 @@ pub fn check_document(kind: &str, document: &Value) -> Vec<String> {
     }
 }
 
-fn structural_problems(kind: &str, schema: &Value, document: &Value) -> Vec<String> {
+fn structural_problems(kind: &str, document: &Value) -> Vec<String> {
     static VALIDATORS: OnceLock<Vec<(String, jsonschema::Validator)>> = OnceLock::new();
     let validators = VALIDATORS.get_or_init(|| {
         ["InputBot", "Pipeline", "ActionBinding"]
@@ -97,7 +97,6 @@ fn structural_problems(kind: &str, schema: &Value, document: &Value) -> Vec<Stri
             })
             .collect()
     });
-    let _ = schema;
     let Some((_, validator)) = validators.iter().find(|(k, _)| k == kind) else {
         return vec![format!("no schema for kind {kind}")];
     };

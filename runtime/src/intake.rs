@@ -416,7 +416,7 @@ async fn accept(
             route.auth.forget(id);
         }
     };
-    let mut event = match parse(route, headers, &bytes) {
+    let event = match parse(route, headers, &bytes) {
         Ok(e) => e,
         Err(r) => {
             forget();
@@ -497,7 +497,6 @@ async fn accept(
         }
         None => None,
     };
-    event.extensions.remove("inputbotbot");
     match intake.bus.publish(&route.topic, &event).await {
         Ok(()) => {
             if let Some((store, key)) = &key {

@@ -182,6 +182,7 @@ impl ProcessStage {
         let all = metrics::stage(&self.label, "pipeline");
         self.metrics.in_flight.get_or_create(&all).inc();
         let id = message.event.id.clone();
+        let trace = message.event.trace_id().unwrap_or_default().to_owned();
         let stored = match self.steps.run(message.event.clone()).await {
             StepOutcome::Continue(event) => {
                 let ok = until_stored("publishing to the output topic", stop, || {
@@ -191,7 +192,7 @@ impl ProcessStage {
                 if ok {
                     self.metrics.processed.get_or_create(&all).inc();
                     tracing::info!(target: "inputbot::events", pipeline = %self.label, event = %id,
-                        labels = %event.labels.join(","), "processed");
+                        trace = %trace, labels = %event.labels.join(","), "processed");
                 }
                 ok
             }
@@ -201,7 +202,7 @@ impl ProcessStage {
                     .get_or_create(&metrics::stage(&self.label, &step))
                     .inc();
                 tracing::info!(target: "inputbot::events", pipeline = %self.label, event = %id, step = %step,
-                    "filtered");
+                    trace = %trace, "filtered");
                 true
             }
             StepOutcome::Failed {
@@ -237,7 +238,7 @@ impl ProcessStage {
                         .get_or_create(&metrics::stage(&self.label, &step))
                         .inc();
                     tracing::warn!(target: "inputbot::events", pipeline = %self.label, event = %id, step = %step,
-                        class, "dead-lettered: {error}");
+                        trace = %trace, class, "dead-lettered: {error}");
                 }
                 ok
             }
@@ -471,7 +472,7 @@ impl ActStage {
             Outcome::Delivered { attempts } => {
                 self.metrics.delivered.get_or_create(&labels).inc();
                 tracing::info!(target: "inputbot::events", binding = %self.label, event = %event.id, action = kind,
-                    attempts, ms = started.elapsed().as_millis() as u64, "delivered");
+                    trace = event.trace_id().unwrap_or_default(), attempts, ms = started.elapsed().as_millis() as u64, "delivered");
                 message.ack();
             }
             Outcome::Failed {
@@ -556,7 +557,7 @@ impl ActStage {
                 .get_or_create(&metrics::stage(&self.label, self.action.kind()))
                 .inc();
             tracing::warn!(target: "inputbot::events", binding = %self.label, event = %id,
-                class = %record.error.class, attempts = record.error.attempts, status = record.error.status,
+                trace = record.trace_id.as_deref().unwrap_or_default(), class = %record.error.class, attempts = record.error.attempts, status = record.error.status,
                 "dead-lettered: {}", record.error.message);
             if let Some(n) = &self.notifier {
                 n.notify(&record).await;
