@@ -68,43 +68,52 @@ launch() {
   log "$name: started (pid $!, log $STATE/logs/$name.log)"
 }
 
-stop_one() {
-  local name="$1" f pid i
-  f="$(pidfile "$name")"
-  [[ -f "$f" ]] || return 0
-  if alive "$name"; then
-    pid="$(<"$f")"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 -- "-$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 -- "-$pid" 2>/dev/null; then
-      log "$name: did not stop within 10s, killing"
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      sleep 0.2
+# stop_all NAME…: TERM every process group at once, wait up to 10s for all of them, then
+# KILL what is left. The data is throwaway, so nothing waits for a graceful drain.
+stop_all() {
+  local name pid i pids=() names=()
+  for name in "$@"; do
+    if alive "$name"; then
+      pid="$(<"$(pidfile "$name")")"
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid"); names+=("$name")
     fi
-    log "$name: stopped (pid $pid)"
-  fi
-  rm -f "$f"
+    rm -f "$(pidfile "$name")"
+  done
+  (( ${#pids[@]} )) || return 0
+  local left
+  for ((i = 0; i < 100; i++)); do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && left=1; done
+    (( left )) || break
+    sleep 0.1
+  done
+  for i in "${!pids[@]}"; do
+    if kill -0 -- "-${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]}: still running after 10s, killing"
+      kill -KILL -- "-${pids[$i]}" 2>/dev/null || true
+    fi
+    log "${names[$i]}: stopped (pid ${pids[$i]})"
+  done
+  sleep 0.2
 }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_until NAME TIMEOUT CMD...: poll CMD until it succeeds; fail if the
-# component's process died or the time is up.
+# wait_until NAME WHAT TIMEOUT CMD...: poll CMD until it succeeds; fail if the component's
+# process died or the time is up.
 wait_until() {
-  local name="$1" limit="$2" start=$SECONDS; shift 2
+  local name="$1" what="$2" limit="$3" start=$SECONDS; shift 3
   until "$@" >/dev/null 2>&1; do
     if ! alive "$name"; then
-      die "$name: exited while starting (see its log below)"
+      die "$name: exited while waiting for $what (see its log below)"
     fi
     if (( SECONDS - start >= limit )); then
-      die "$name: not ready after ${limit}s"
+      die "$name: $what: not after ${limit}s"
     fi
     sleep 0.5
   done
-  log "$name: ready ($((SECONDS - start))s)"
+  log "$name: $what ($((SECONDS - start))s)"
 }
 
 tail_logs() {
@@ -382,16 +391,17 @@ EOF
 }
 
 cmd_stop() {
-  local i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    stop_one "${COMPONENTS[$i]}"
-  done
-  # Any pid file we do not know about (a renamed component, an older version).
-  local f
+  local names=("${COMPONENTS[@]}") f
+  # Also any pid file we do not know about (a renamed component, an older version).
   for f in "$STATE"/pids/*.pid; do
     [[ -f "$f" ]] || continue
-    stop_one "$(basename "$f" .pid)"
+    [[ " ${names[*]} " == *" $(basename "$f" .pid) "* ]] || names+=("$(basename "$f" .pid)")
   done
+  # The API server deregisters itself from etcd on the way down: stop etcd last.
+  local first=()
+  for f in "${names[@]}"; do [[ "$f" == etcd ]] || first+=("$f"); done
+  stop_all "${first[@]}"
+  stop_all etcd
   rm -f "$STATE/harness.env"
   local p busy=()
   for p in "${ALL_PORTS[@]}"; do
@@ -442,19 +452,19 @@ cmd_start() {
   make_pki
   start_kafka            # the JVM warms up while the control plane starts
   start_etcd
-  wait_until etcd 60 etcd_ready
+  wait_until etcd "healthy" 60 etcd_ready
   start_apiserver
-  wait_until kube-apiserver "$TIMEOUT" apiserver_ready
+  wait_until kube-apiserver "ready" "$TIMEOUT" apiserver_ready
   start_controller_manager
   start_scheduler
   start_kwok
-  wait_until kube-controller-manager "$TIMEOUT" healthz "$CM_PORT"
-  wait_until kube-scheduler "$TIMEOUT" healthz "$SCHED_PORT"
-  wait_until kwok "$TIMEOUT" curl -sf --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz"
+  wait_until kube-controller-manager "healthy" "$TIMEOUT" healthz "$CM_PORT"
+  wait_until kube-scheduler "healthy" "$TIMEOUT" healthz "$SCHED_PORT"
+  wait_until kwok "healthy" "$TIMEOUT" curl -sf --max-time 2 "http://127.0.0.1:$KWOK_PORT/healthz"
   create_node || die "could not create node $NODE_NAME"
-  wait_until kwok "$TIMEOUT" node_ready
-  wait_until kube-controller-manager "$TIMEOUT" default_sa_exists
-  wait_until kafka "$TIMEOUT" kafka_ready
+  wait_until kwok "node $NODE_NAME Ready" "$TIMEOUT" node_ready
+  wait_until kube-controller-manager "default ServiceAccount created" "$TIMEOUT" default_sa_exists
+  wait_until kafka "broker started" "$TIMEOUT" kafka_ready
   write_env
   trap - EXIT
   log "harness up in $((SECONDS - t0))s; use: eval \"\$($0 env)\""

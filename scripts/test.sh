@@ -7,6 +7,7 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR          default ~/.cache/inputbot/target (shared by runs and CI)
+#   INPUTBOT_E2E_TIMEOUT      seconds the e2e tests may take in all (default 1200)
 #   INPUTBOT_E2E_EXTERNAL=1   use the cluster in KUBECONFIG and the broker in KAFKA_BOOTSTRAP
 #                             instead of starting the local harness (kind, k3d, a real cluster)
 #   INPUTBOT_HARNESS_DIR, INPUTBOT_PORT_BASE
@@ -79,4 +80,8 @@ else
   phase "harness start" "$ROOT/scripts/harness.sh" start
   eval "$("$ROOT/scripts/harness.sh" env)"
 fi
-phase "e2e tier (cargo test -p inputbot-e2e)" cargo test -p inputbot-e2e -- "$@"
+# Built first, so that the time limit below is the tests' own.
+phase "e2e build" cargo test -p inputbot-e2e --no-run
+# A hung test (a client stuck in a destructor, a watch that never ends) must not hang CI.
+phase "e2e tier (cargo test -p inputbot-e2e)" \
+  timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-1200}" cargo test -p inputbot-e2e -- "$@"

@@ -418,12 +418,15 @@ async fn record_produced_with_rdkafka_is_consumed_back_through_a_consumer_group(
     consumer
         .commit_message(&message, CommitMode::Sync)
         .expect("commit the offset");
+    drop(message);
     let committed = consumer
         .committed(Duration::from_secs(10))
         .expect("committed offsets");
     let offset = committed.find_partition(&topic, 0).map(|p| p.offset());
+    // A partition list can hold references into the client: release it before the client,
+    // or librdkafka's destroy waits for them forever.
+    drop(committed);
     assert_eq!(offset, Some(rdkafka::Offset::Offset(1)));
-    drop(message);
     drop(consumer);
 
     admin
