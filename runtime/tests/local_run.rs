@@ -272,7 +272,7 @@ async fn a_full_bus_answers_503_with_retry_after_and_accepts_nothing_it_cannot_k
             "maxAttempts: 3, initialDelay: 1ms, maxDelay: 5ms",
             "maxAttempts: 100, initialDelay: 1s, maxDelay: 1s",
         );
-    let (engine, _dir) = start_with(&yaml, |o| {
+    let (engine, dir) = start_with(&yaml, |o| {
         o.queue_capacity = 1;
         o.publish_timeout = Duration::from_millis(50);
         o.drain_timeout = Duration::from_millis(200);
@@ -302,9 +302,21 @@ async fn a_full_bus_answers_503_with_retry_after_and_accepts_nothing_it_cannot_k
         unavailable > 0,
         "the bus never filled ({accepted} accepted)"
     );
-    // Every accepted event is accounted for at shutdown: cut short and dead-lettered.
+    // Every accepted event is accounted for at shutdown: deliveries still retrying are cut
+    // short and dead-lettered with class "shutdown", ready for `dlq redrive`.
     let report = engine.shutdown().await;
     assert_eq!(report.outstanding, 0);
+    assert!(!report.drained);
+    let dead =
+        inputbot_runtime::dlq::read(&dir.path().join("dlq/inputbot.default.crm.act.dlq.jsonl"))
+            .unwrap();
+    assert_eq!(
+        dead.len(),
+        accepted,
+        "accepted {accepted}, dead-lettered {}",
+        dead.len()
+    );
+    assert!(dead.iter().all(|r| r.error.class == "shutdown"));
 }
 
 #[tokio::test]
