@@ -4,6 +4,8 @@
 #
 #   scripts/test.sh                 everything (a cold machine builds the tools first: ~30 min)
 #   scripts/test.sh FILTER…         the same, passing FILTER… to the e2e `cargo test`
+#   scripts/test.sh --e2e-only [FILTER…]
+#                                   skip format, lints and the unit/runtime tiers (iterating)
 #
 # Environment:
 #   CARGO_TARGET_DIR          default ~/.cache/inputbot/target (shared by runs and CI)
@@ -35,7 +37,7 @@ summary() {
   echo
   echo "---- scripts/test.sh timings ----"
   for line in "${TIMINGS[@]}"; do echo "$line"; done
-  printf '%-34s %5ds\n' "total" "$((SECONDS - T0))"
+  printf '%-40s %5ds\n' "total" "$((SECONDS - T0))"
 }
 
 finish() {
@@ -58,16 +60,21 @@ phase() {
   local name="$1" start=$SECONDS rc=0; shift
   say "$name: $*"
   "$@" || rc=$?
-  TIMINGS+=("$(printf '%-34s %5ds %s' "$name" "$((SECONDS - start))" "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")")")
+  TIMINGS+=("$(printf '%-40s %5ds %s' "$name" "$((SECONDS - start))" "$( ((rc == 0)) && echo ok || echo "FAILED ($rc)")")")
   if (( rc != 0 )); then
     say "$name FAILED (exit $rc)"
     exit "$rc"
   fi
 }
 
-phase "format (cargo fmt --check)" cargo fmt --all --check
-phase "lints (cargo clippy)" cargo clippy --workspace --all-targets -- -D warnings
-phase "unit + runtime tiers" cargo test --workspace --exclude inputbot-e2e
+E2E_ONLY=0
+if [[ "${1:-}" == --e2e-only ]]; then E2E_ONLY=1; shift; fi
+
+if (( ! E2E_ONLY )); then
+  phase "format (cargo fmt --check)" cargo fmt --all --check
+  phase "lints (cargo clippy)" cargo clippy --workspace --all-targets -- -D warnings
+  phase "unit + runtime tiers" cargo test --workspace --exclude inputbot-e2e
+fi
 
 if [[ "${INPUTBOT_E2E_EXTERNAL:-}" == 1 ]]; then
   : "${KUBECONFIG:?INPUTBOT_E2E_EXTERNAL=1 needs KUBECONFIG}"
