@@ -84,6 +84,8 @@ if [[ "${INPUTBOT_E2E_EXTERNAL:-}" == 1 ]]; then
 else
   phase "tools (scripts/tools.sh)" "$ROOT/scripts/tools.sh"
   HARNESS_STARTED=1
+  # Never reuse a harness a killed run left behind: start from a clean cluster and broker.
+  "$ROOT/scripts/harness.sh" stop >/dev/null 2>&1 || true
   phase "harness start" "$ROOT/scripts/harness.sh" start
   eval "$("$ROOT/scripts/harness.sh" env)"
 fi
