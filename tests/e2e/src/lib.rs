@@ -76,12 +76,21 @@ fn harness_env() -> Option<HashMap<String, String>> {
     Some(vars)
 }
 
-/// A variable from the environment, or else from a running harness's `harness.env`.
+/// A variable from the environment, or else from a running harness's `harness.env` — the
+/// latter only while the tests target that harness (`KUBECONFIG` unset or the harness's own),
+/// so that a harness left running never lends its settings to a test of another cluster.
 pub fn setting(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => harness_env().and_then(|vars| vars.get(name).cloned()),
+    if let Ok(v) = std::env::var(name)
+        && !v.is_empty()
+    {
+        return Some(v);
     }
+    let vars = harness_env()?;
+    let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
+    if !kubeconfig.is_empty() && vars.get("KUBECONFIG") != Some(&kubeconfig) {
+        return None;
+    }
+    vars.get(name).cloned()
 }
 
 /// The Kafka bootstrap servers (`KAFKA_BOOTSTRAP`). Panics with [`HOW_TO_RUN`] when unset.
