@@ -305,6 +305,7 @@ start_controller_manager() {
     --root-ca-file="$p/ca.crt" \
     --cluster-signing-cert-file="$p/ca.crt" --cluster-signing-key-file="$p/ca.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
+    --horizontal-pod-autoscaler-sync-period=5s \
     --profiling=false \
     --v=1
 }
