@@ -90,7 +90,7 @@ install_kube() {
   go_env
   local src="$KUBE_DIR/src" minor ver="${K8S_VERSION#v}"
   minor="${ver#*.}"; minor="${minor%%.*}"
-  rm -rf "$src" "$KUBE_DIR/bin"
+  rm -rf "$src" "${KUBE_DIR:?}/bin"
   mkdir -p "$src" "$KUBE_DIR/bin"
   cd "$src"
   # The release's own go.mod names its staging modules (`k8s.io/x => ./staging/…`);
@@ -205,7 +205,7 @@ go_install_to() {  # tool dir module@version
   rm -rf "$2"
   mkdir -p "$2"
   # Outside any module, so no go.mod (ours or the kube wrapper) influences it.
-  (cd "$2" && GOBIN="$2" GOFLAGS= go install -trimpath "$3" >&2) || die "$1: go install $3 failed"
+  (cd "$2" && GOBIN="$2" GOFLAGS='' go install -trimpath "$3" >&2) || die "$1: go install $3 failed"
 }
 
 install_kwok() {
@@ -214,7 +214,7 @@ install_kwok() {
   # The standalone kwok binary has no built-in lifecycle: it needs Stage objects.
   # Take kwok's own "fast" node/pod stages (what kwokctl uses) from the module.
   local dir
-  dir="$(cd "$KWOK_DIR" && GOFLAGS= go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+  dir="$(cd "$KWOK_DIR" && GOFLAGS='' go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   [[ -d "$dir/kustomize/stage" ]] || die "kwok: stage definitions not found in module dir '$dir'"
   local f first=1
@@ -242,7 +242,7 @@ install_kafka() {
     -DoutputDirectory="$KAFKA_DIR/libs" -Dmdep.includeScope=runtime \
     dependency:copy-dependencies >&2 \
     || die "kafka: maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (see above)"
-  ls "$KAFKA_DIR/libs"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 \
+  [[ -f "$KAFKA_DIR/libs/kafka_2.13-$KAFKA_VERSION.jar" ]] \
     || die "kafka: kafka_2.13-$KAFKA_VERSION.jar missing from $KAFKA_DIR/libs"
   java -cp "$KAFKA_DIR/libs/*" kafka.tools.StorageTool version >&2 2>/dev/null \
     || java -cp "$KAFKA_DIR/libs/*" kafka.tools.StorageTool random-uuid >&2 \
