@@ -109,7 +109,7 @@ wait_until() {
       die "$name: exited while waiting for $what (see its log below)"
     fi
     if (( SECONDS - start >= limit )); then
-      die "$name: $what: not after ${limit}s"
+      die "$name: gave up waiting for '$what' after ${limit}s (INPUTBOT_HARNESS_TIMEOUT)"
     fi
     sleep 0.5
   done
