@@ -180,41 +180,6 @@ fn dotted_path(pointer: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dotted_paths_read_like_kubectl_explain() {
-        assert_eq!(dotted_path("/spec/sources/0/name"), "spec.sources[0].name");
-        assert_eq!(dotted_path(""), "");
-    }
-
-    #[test]
-    fn every_crd_is_in_the_inputbot_category_with_a_status_subresource() {
-        for crd in crds() {
-            assert_eq!(crd.spec.group, "inputbot.dev");
-            assert_eq!(
-                crd.spec.names.categories.as_deref(),
-                Some(&["inputbot".to_owned()][..])
-            );
-            let version = &crd.spec.versions[0];
-            assert_eq!(version.name, "v1alpha1");
-            assert!(version.subresources.as_ref().unwrap().status.is_some());
-            let columns: Vec<&str> = version
-                .additional_printer_columns
-                .iter()
-                .flatten()
-                .map(|c| c.name.as_str())
-                .collect();
-            assert!(
-                columns.contains(&"Ready") && columns.contains(&"Age"),
-                "{columns:?}"
-            );
-        }
-    }
-}
-
 /// The API reference in Markdown, generated from the schemas (what `kubectl explain` shows):
 /// one table per kind with every field path, its type, bounds and description.
 pub fn reference_markdown() -> String {
@@ -356,4 +321,39 @@ fn bounds(prop: &Value) -> String {
         }
     }
     b.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_paths_read_like_kubectl_explain() {
+        assert_eq!(dotted_path("/spec/sources/0/name"), "spec.sources[0].name");
+        assert_eq!(dotted_path(""), "");
+    }
+
+    #[test]
+    fn every_crd_is_in_the_inputbot_category_with_a_status_subresource() {
+        for crd in crds() {
+            assert_eq!(crd.spec.group, "inputbot.dev");
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["inputbot".to_owned()][..])
+            );
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, "v1alpha1");
+            assert!(version.subresources.as_ref().unwrap().status.is_some());
+            let columns: Vec<&str> = version
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|c| c.name.as_str())
+                .collect();
+            assert!(
+                columns.contains(&"Ready") && columns.contains(&"Age"),
+                "{columns:?}"
+            );
+        }
+    }
 }
