@@ -15,7 +15,6 @@ use jaq_core::{
     Compiler, Ctx, Vars as JqVars,
     data::JustLut,
     load::{Arena, File, Loader},
-    unwrap_valr,
 };
 use serde_json::Value;
 
@@ -281,9 +280,19 @@ impl CelExpr {
             for (name, value) in &vars.vars {
                 ctx.add_variable_from_value(*name, json_to_cel(value));
             }
-            self.program
-                .execute(&ctx)
-                .map_err(|e| format!("CEL expression {:?} failed: {e}", self.source))
+            // The cel crate still has unfinished corners that panic (struct literals hit a
+            // `todo!`); an expression a user wrote must fail, never take the process down.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.program.execute(&ctx)
+            })) {
+                Ok(result) => {
+                    result.map_err(|e| format!("CEL expression {:?} failed: {e}", self.source))
+                }
+                Err(_) => Err(format!(
+                    "CEL expression {:?} uses a construct the evaluator does not support",
+                    self.source
+                )),
+            }
         })
     }
 }
@@ -448,8 +457,17 @@ impl JqProgram {
             .map_err(|e| format!("jq input is not JSON: {e}"))?;
         let ctx = Ctx::<JustLut<jaq_json::Val>>::new(&self.filter.lut, JqVars::new([]));
         let mut out = Vec::new();
-        for result in self.filter.id.run((ctx, input)).map(unwrap_valr) {
-            let val = result.map_err(|e| format!("jq program {:?} failed: {e}", self.source))?;
+        for result in self.filter.id.run((ctx, input)) {
+            // Never `unwrap_valr`: it exits the process on `halt`. Here `halt` and
+            // `halt_error` end this program with an error, like any other failure.
+            let val = result.map_err(|exn| match exn.get_err() {
+                Ok(e) => format!("jq program {:?} failed: {e}", self.source),
+                Err(halted) => format!(
+                    "jq program {:?} called halt (exit code {}); halt is not available in inputbot",
+                    self.source,
+                    halted.get_halt().unwrap_or(0)
+                ),
+            })?;
             let text = val.to_string();
             out.push(serde_json::from_str(&text).map_err(|e| {
                 format!(
@@ -603,6 +621,13 @@ mod tests {
     }
 
     #[test]
+    fn a_cel_construct_that_panics_in_the_evaluator_is_an_error() {
+        let expr = CelExpr::compile("Foo{a: 1}.a == 1", Scope::Event).unwrap();
+        let err = expr.eval_bool(&event_vars()).unwrap_err();
+        assert!(err.contains("does not support"), "{err}");
+    }
+
+    #[test]
     fn cel_reports_syntax_errors() {
         let err = CelExpr::compile("data.x ==", Scope::Event).unwrap_err();
         assert!(err.starts_with("invalid CEL expression"), "{err}");
@@ -628,6 +653,15 @@ mod tests {
         assert!(err.starts_with("invalid jq program"), "{err}");
         let err = JqProgram::compile("frobnicate(.a)").unwrap_err();
         assert!(err.contains("frobnicate"), "{err}");
+    }
+
+    #[test]
+    fn jq_halt_fails_the_program_instead_of_exiting_the_process() {
+        let prog =
+            JqProgram::compile(r#"if .a == null then "missing" | halt_error else . end"#).unwrap();
+        let err = prog.run(&json!({})).unwrap_err();
+        assert!(err.contains("halt"), "{err}");
+        assert!(JqProgram::compile("halt").unwrap().run(&json!(1)).is_err());
     }
 
     #[test]

@@ -218,6 +218,15 @@ impl EmbeddedBus {
             .is_some_and(|g| !g.is_empty())
     }
 
+    /// Whether consumer `group` reads `topic`.
+    pub fn has_group(&self, topic: &str, group: &str) -> bool {
+        self.topics
+            .lock()
+            .expect("bus lock")
+            .get(topic)
+            .is_some_and(|groups| groups.iter().any(|g| g.name == group))
+    }
+
     /// Publishes to one consumer group of a topic only: redrive hands a dead letter back to the
     /// stage that failed it, not to every reader of the topic.
     pub async fn publish_to_group(

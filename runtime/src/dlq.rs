@@ -120,8 +120,17 @@ pub async fn append(path: &Path, record: &DeadLetter) -> std::io::Result<()> {
         .append(true)
         .open(path)
         .await?;
-    file.write_all(&line).await?;
-    file.sync_data().await
+    let before = file.metadata().await?.len();
+    let written = async {
+        file.write_all(&line).await?;
+        file.sync_data().await
+    }
+    .await;
+    if written.is_err() {
+        // A half-written line would make the whole file unreadable: take it back out.
+        let _ = file.set_len(before).await;
+    }
+    written
 }
 
 /// Reads every record of a file (a missing file has none).

@@ -50,6 +50,8 @@ use crate::{
 
 /// Default largest body: 1 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// How long intake waits for a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most idempotency keys remembered per source.
 const IDEMPOTENCY_CAPACITY: usize = 100_000;
 
@@ -341,7 +343,7 @@ async fn webhook(
 
 async fn accept(
     intake: &Intake,
-    route: &Route,
+    route: &Arc<Route>,
     method: Method,
     headers: &HeaderMap,
     body: Body,
@@ -396,10 +398,22 @@ async fn accept(
         return Err(too_large());
     }
     let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
+    // A client that trickles its body must not hold a connection (or shutdown) forever.
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        http_body_util::Limited::new(body, limit).collect(),
+    );
+    let bytes = match read.await {
+        Err(_) => {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
@@ -440,15 +454,15 @@ async fn accept(
                 .iter()
                 .map(|(p, m)| format!("{}: {m}", if p.is_empty() { "/" } else { p }))
                 .collect();
-            let mut r = Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "schema",
-                format!(
-                    "the payload does not match the source's schema at {pointer}: {}",
-                    details.join("; ")
-                ),
+            let mut message = format!(
+                "the payload does not match the source's schema at {pointer}: {}",
+                details.join("; ")
             );
-            r.message.truncate(2048);
+            // Messages quote the payload: cut on a character boundary.
+            if let Some((cut, _)) = message.char_indices().nth(2048) {
+                message.truncate(cut);
+            }
+            let r = Refusal::new(StatusCode::BAD_REQUEST, "schema", message);
             return Err(r);
         }
     }
@@ -475,7 +489,7 @@ async fn accept(
                 Ok(other) => other.to_string(),
             };
             match store.claim(&key, &event.id) {
-                Claim::New => Some((store, key)),
+                Claim::New => Some(key),
                 Claim::Seen(id) => {
                     intake
                         .metrics
@@ -497,36 +511,60 @@ async fn accept(
         }
         None => None,
     };
-    match intake.bus.publish(&route.topic, &event).await {
-        Ok(()) => {
-            if let Some((store, key)) = &key {
-                store.confirm(key);
+    // Publish and its bookkeeping run in their own task: if the client goes away meanwhile
+    // (hyper drops this future), the idempotency claim is still confirmed or released and the
+    // delivery id still forgotten on failure, so the sender's retry is not locked out.
+    let bus = intake.bus.clone();
+    let metrics = intake.metrics.clone();
+    let task_route = route.clone();
+    let delivery_id = verified.delivery_id.clone();
+    let published = tokio::spawn(async move {
+        let route = task_route;
+        let result = bus.publish(&route.topic, &event).await;
+        let claimed = key
+            .as_deref()
+            .zip(route.idempotency.as_ref().map(|(_, store)| store));
+        match &result {
+            Ok(()) => {
+                if let Some((key, store)) = claimed {
+                    store.confirm(key);
+                }
+                metrics
+                    .accepted
+                    .get_or_create(&metrics::source(&route.bot, &route.source))
+                    .inc();
+                tracing::info!(
+                    target: "inputbot::intake",
+                    bot = %route.bot, source = %route.source, event = %event.id,
+                    trace = event.trace_id().unwrap_or(""), "accepted"
+                );
             }
-            intake
-                .metrics
-                .accepted
-                .get_or_create(&metrics::source(&route.bot, &route.source))
-                .inc();
-            tracing::info!(
-                target: "inputbot::intake",
-                bot = %route.bot, source = %route.source, event = %event.id,
-                trace = event.trace_id().unwrap_or(""), "accepted"
-            );
-            Ok((StatusCode::ACCEPTED, json!({"id": event.id})))
-        }
-        Err(e) => {
-            if let Some((store, key)) = &key {
-                store.release(key);
+            Err(e) => {
+                if let Some((key, store)) = claimed {
+                    store.release(key);
+                }
+                if let Some(id) = &delivery_id {
+                    route.auth.forget(id);
+                }
+                tracing::warn!(target: "inputbot::intake", bot = %route.bot, source = %route.source, "bus refused the event: {e}");
             }
-            forget();
-            tracing::warn!(target: "inputbot::intake", bot = %route.bot, source = %route.source, "bus refused the event: {e}");
-            Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the event could not be stored, nothing was accepted; retry later ({e})"),
-            )
-            .retry_after(5))
         }
+        result.map(|()| event.id)
+    });
+    match published.await {
+        Ok(Ok(id)) => Ok((StatusCode::ACCEPTED, json!({"id": id}))),
+        Ok(Err(e)) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the event could not be stored, nothing was accepted; retry later ({e})"),
+        )
+        .retry_after(5)),
+        Err(join) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the event could not be stored; retry later ({join})"),
+        )
+        .retry_after(5)),
     }
 }
 

@@ -141,6 +141,7 @@ pub struct Engine {
     stop_stages: CancellationToken,
     abort: CancellationToken,
     tasks: JoinSet<()>,
+    server: Option<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -286,6 +287,7 @@ impl Engine {
 
         let health = Health::default();
         let mut addr = None;
+        let mut server = None;
         if let Some(listen) = options.listen {
             let intake = Intake::new(
                 &webhook_bots,
@@ -308,13 +310,13 @@ impl Engine {
             }
             let router = intake.router();
             let stop = stop_http.clone();
-            tasks.spawn(async move {
+            server = Some(tokio::spawn(async move {
                 let server =
                     axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
                 if let Err(e) = server.await {
                     tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
                 }
-            });
+            }));
             addr = Some(bound);
         }
         Ok(Self {
@@ -327,6 +329,7 @@ impl Engine {
             stop_stages,
             abort,
             tasks,
+            server,
             drain_timeout: options.drain_timeout,
         })
     }
@@ -361,6 +364,15 @@ impl Engine {
         self.health.drain();
         self.stop_sources.cancel();
         self.stop_http.cancel();
+        // Requests in flight finish first: an event answered 202 during shutdown is published
+        // before the bus is asked to settle.
+        if let Some(server) = self.server.take()
+            && tokio::time::timeout(self.drain_timeout, server)
+                .await
+                .is_err()
+        {
+            tracing::warn!(target: "inputbot::run", "HTTP requests still open after {:?}", self.drain_timeout);
+        }
         let drained = self.bus.settle(self.drain_timeout).await;
         if !drained {
             tracing::warn!(target: "inputbot::run", outstanding = self.bus.outstanding(),
@@ -371,9 +383,14 @@ impl Engine {
         self.stop_stages.cancel();
         self.bus.close();
         while self.tasks.join_next().await.is_some() {}
+        let outstanding = self.bus.outstanding();
+        if outstanding > 0 {
+            tracing::error!(target: "inputbot::run", outstanding,
+                "{outstanding} accepted events were not finished: they were neither delivered, filtered nor dead-lettered");
+        }
         ShutdownReport {
             drained,
-            outstanding: self.bus.outstanding(),
+            outstanding,
         }
     }
 }
@@ -418,6 +435,11 @@ pub enum RedriveError {
         #[source]
         source: std::io::Error,
     },
+    /// What was put back did not finish; the files were left as they were.
+    #[error(
+        "the redriven events did not finish within an hour; the dead-letter files were left unchanged"
+    )]
+    Unfinished,
     /// The filter is not a valid CEL condition.
     #[error("--filter: {0}")]
     Filter(String),
@@ -456,6 +478,13 @@ pub async fn redrive(
     let engine = Engine::start(set, local).await?;
     let interval = Duration::from_secs_f64(1.0 / options.rate.max(0.001));
     let mut report = RedriveReport::default();
+    // Plan first — the filter and the failed stage of every record — so that a problem found
+    // halfway never leaves some records put back and still in the file.
+    struct Plan {
+        path: PathBuf,
+        before: usize,
+        selected: Vec<(usize, String)>,
+    }
     let mut plans = Vec::new();
     for path in crate::dlq::files(&data_dir.join("dlq")) {
         let topic = path
@@ -492,37 +521,53 @@ pub async fn redrive(
                 "act"
             };
             let group = names::consumer_group(&r.namespace, &r.name, role);
-            match engine
-                .bus()
-                .publish_to_group(&record.input_topic, &group, &record.event)
-                .await
-            {
-                Ok(()) => {}
-                Err(BusError::NoSuchGroup { .. }) => {
-                    return Err(RedriveError::UnknownStage {
-                        path: path.display().to_string(),
-                        index: i + 1,
-                        resource: r.to_string(),
-                        stage: record.failed_at.name.clone(),
-                    });
-                }
-                Err(e) => return Err(RedriveError::Run(RunError::Bus(e))),
+            if !engine.bus().has_group(&record.input_topic, &group) {
+                return Err(RedriveError::UnknownStage {
+                    path: path.display().to_string(),
+                    index: i + 1,
+                    resource: r.to_string(),
+                    stage: record.failed_at.name.clone(),
+                });
             }
-            selected.push(i);
+            selected.push((i, group));
+        }
+        plans.push(Plan {
+            path,
+            before: records.len(),
+            selected,
+        });
+    }
+    for plan in &plans {
+        let records = crate::dlq::read(&plan.path)?;
+        for (i, group) in &plan.selected {
+            let record = &records[*i];
+            engine
+                .bus()
+                .publish_to_group(&record.input_topic, group, &record.event)
+                .await
+                .map_err(|e| RedriveError::Run(RunError::Bus(e)))?;
             report.redriven += 1;
             tokio::time::sleep(interval).await;
         }
-        plans.push((path, records.len(), selected));
     }
-    engine.settle(Duration::from_secs(3600)).await;
+    if !engine.settle(Duration::from_secs(3600)).await {
+        // Leave every file as it was: what was put back may still be in flight.
+        engine.shutdown().await;
+        return Err(RedriveError::Unfinished);
+    }
     // Remove what was put back; keep what was not selected and what failed again (appended).
-    for (path, before, selected) in plans {
+    for Plan {
+        path,
+        before,
+        selected,
+    } in plans
+    {
         let current = crate::dlq::read(&path)?;
         report.failed_again += current.len().saturating_sub(before);
         let kept: Vec<_> = current
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| !selected.contains(i))
+            .filter(|(i, _)| !selected.iter().any(|(s, _)| s == i))
             .map(|(_, r)| r)
             .collect();
         crate::dlq::rewrite(&path, &kept).map_err(|source| RedriveError::Io {

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub retried: Family<StageLabels, Counter>,
     /// Events written to a dead-letter topic.
     pub dead_lettered: Family<StageLabels, Counter>,
+    /// Events dropped because they can never be delivered and dead-lettering is disabled.
+    pub dropped: Family<StageLabels, Counter>,
     /// Time in a stage (a whole pipeline run, or a delivery with its retries).
     pub stage_seconds: Family<StageLabels, Histogram>,
     /// Events in flight per stage.
@@ -101,6 +103,7 @@ impl Metrics {
             delivered: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
+            dropped: Family::default(),
             stage_seconds: Family::new_with_constructor(latency),
             in_flight: Family::default(),
             registry: Registry::default(),
@@ -154,6 +157,11 @@ impl Metrics {
             "events_dead_lettered",
             "Events written to a dead-letter topic",
             m.dead_lettered.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events that can never be delivered, dropped because dead-lettering is disabled",
+            m.dropped.clone(),
         );
         registry.register(
             "stage_duration_seconds",

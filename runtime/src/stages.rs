@@ -66,6 +66,9 @@ fn resource_label(id: &ResourceId) -> String {
     format!("{}/{}", id.namespace, id.name)
 }
 
+/// How long a dead letter is retried after shutdown cut deliveries short.
+const DEAD_LETTER_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Retries a bus write until it succeeds or `shutdown` fires; returns whether it succeeded.
 async fn until_stored<F, Fut>(what: &str, shutdown: &CancellationToken, mut write: F) -> bool
 where
@@ -118,9 +121,20 @@ async fn consume<H, Fut>(
             drop(permit);
         });
         // Reap finished tasks so the set does not grow.
-        while tasks.try_join_next().is_some() {}
+        while let Some(done) = tasks.try_join_next() {
+            log_panic(done);
+        }
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(done) = tasks.join_next().await {
+        log_panic(done);
+    }
+}
+
+/// A handler that panicked lost its event: never let that pass quietly.
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(target: "inputbot::stage", "an event handler failed and its event was not finished: {e}");
+    }
 }
 
 /// The process stage of a pipeline.
@@ -257,6 +271,8 @@ impl ProcessStage {
 /// Posts a notice when an event is dead-lettered.
 struct Notifier {
     url: String,
+    /// Names the webhook in logs; the URL itself is a credential and is never logged.
+    target: String,
     text: Template,
     timeout: Duration,
     client: reqwest::Client,
@@ -280,10 +296,15 @@ impl Notifier {
             }
         };
         let request = self.client.post(&self.url).json(&json!({"text": text}));
-        if let Err(e) =
-            actions::send(&self.client, request, self.timeout, "dead-letter notice").await
-        {
-            tracing::warn!(target: "inputbot::stage", "dead-letter notice not sent: {}", e.message);
+        if let Err(e) = actions::send(&self.client, request, self.timeout, "").await {
+            // `e.message` names the URL; say what failed without it.
+            let why = match (e.status, &e.class) {
+                (Some(status), _) => format!("HTTP {status}"),
+                (None, FailureClass::Timeout) => format!("no answer within {:?}", self.timeout),
+                (None, FailureClass::Connection) => "cannot connect".to_owned(),
+                (None, _) => "request failed".to_owned(),
+            };
+            tracing::warn!(target: "inputbot::stage", "dead-letter notice to {} not sent: {why}", self.target);
         }
     }
 }
@@ -364,8 +385,13 @@ impl ActStage {
                     .as_ref()
                     .and_then(|d| d.to_std().ok())
                     .unwrap_or(Duration::from_secs(10));
+                let r = &notice.slack.webhook_secret_ref;
                 Some(Notifier {
                     url,
+                    target: format!(
+                        "the Slack webhook in Secret {}/{} key {:?}",
+                        config.binding.namespace, r.name, r.key
+                    ),
                     text,
                     timeout,
                     client,
@@ -447,14 +473,22 @@ impl ActStage {
                 .deliverer
                 .deliver(|n| action.attempt(event, n), abort)
                 .await;
-            // Without a dead-letter topic an undeliverable event is retried until it succeeds.
+            // Without a dead-letter topic an undeliverable event is retried until it succeeds —
+            // unless it can never succeed (the event itself is at fault), which `dead_letter`
+            // then reports as dropped.
             match &outcome {
-                Outcome::Failed { reason, .. }
-                    if self.config.dead_letter_topic.is_none() && *reason != GiveUp::Shutdown =>
+                Outcome::Failed { reason, error, .. }
+                    if self.config.dead_letter_topic.is_none()
+                        && *reason != GiveUp::Shutdown
+                        && error.class != FailureClass::Other =>
                 {
+                    let pause = self.config.delivery.retry.max_delay;
                     tracing::warn!(target: "inputbot::events", binding = %self.label, event = %event.id,
-                        "delivery failed and dead-lettering is disabled; retrying");
-                    continue;
+                        "delivery failed and dead-lettering is disabled; retrying in {pause:?}: {}", error.message);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = abort.cancelled() => continue,
+                    }
                 }
                 _ => break outcome,
             }
@@ -527,7 +561,15 @@ impl ActStage {
         abort: &CancellationToken,
     ) -> bool {
         let Some(topic) = &self.config.dead_letter_topic else {
-            return false;
+            // Dead-lettering is disabled and this event cannot be delivered: say so loudly.
+            self.metrics
+                .dropped
+                .get_or_create(&metrics::stage(&self.label, self.action.kind()))
+                .inc();
+            tracing::error!(target: "inputbot::events", binding = %self.label, event = %event.id,
+                trace = event.trace_id().unwrap_or_default(), class = %error.class,
+                "dropped: the event cannot be delivered and dead-lettering is disabled: {}", error.message);
+            return true;
         };
         let id = event.id.clone();
         let mut record = DeadLetter::new(
@@ -544,9 +586,21 @@ impl ActStage {
             record.first_failure = first;
             record.last_failure = last;
         }
-        // Dead letters are written even during shutdown: that is what keeps them.
-        let never = CancellationToken::new();
-        let token = if abort.is_cancelled() { &never } else { abort };
+        // Dead letters are written even during shutdown — that is what keeps them — but not
+        // forever: a store that stays broken must not hang the process.
+        let deadline = CancellationToken::new();
+        if abort.is_cancelled() {
+            let d = deadline.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(DEAD_LETTER_DEADLINE).await;
+                d.cancel();
+            });
+        }
+        let token = if abort.is_cancelled() {
+            &deadline
+        } else {
+            abort
+        };
         let ok = until_stored("writing a dead letter", token, || {
             self.bus.dead_letter(topic, &record)
         })

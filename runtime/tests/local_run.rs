@@ -841,3 +841,72 @@ async fn no_secret_value_reaches_logs_metrics_or_dead_letters() {
         assert!(!metrics.contains(secret), "a secret reached the metrics");
     }
 }
+
+#[tokio::test]
+async fn a_long_multibyte_payload_failing_the_schema_gets_400_not_a_crash() {
+    let target = Target::start(Behaviour::Ok).await;
+    let source = r#"    - name: strict
+      webhook:
+        path: /strict
+        auth: {none: {}}
+        schema: {type: object, properties: {kind: {enum: [a]}}}"#;
+    let (engine, _dir) = start(&bot(&target.url("/leads"), source, FAST_RETRY)).await;
+    let url = format!("http://{}/strict", engine.addr().unwrap());
+    for pad in ["€", "é", "😀"] {
+        let r = client()
+            .post(&url)
+            .json(&json!({"kind": pad.repeat(3000)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["reason"], "schema");
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_dead_letters_a_failing_when_is_dropped_loudly_and_deliveries_retry_until_they_succeed()
+ {
+    let target = Target::start(Behaviour::FailFirst(2)).await;
+    let delivery = "    retry: {maxAttempts: 1, initialDelay: 10ms, maxDelay: 50ms, jitter: false}\n    deadLetter: {enabled: false}";
+    let yaml = bot(&target.url("/leads"), "", delivery).replace(
+        "  pipelineRef: {name: flow}",
+        "  pipelineRef: {name: flow}\n  when: 'data.n == 1 || data.missing > 0'",
+    );
+    let (engine, dir) = start(&yaml).await;
+    let url = format!("http://{}/gh", engine.addr().unwrap());
+    // n = 1 matches `when` and is delivered on the third round.
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 1}))
+            .await
+            .status(),
+        202
+    );
+    assert!(
+        engine.settle(Duration::from_secs(10)).await,
+        "the undeliverable event was never finished"
+    );
+    let statuses: Vec<u16> = target.received().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    // For n = 2 the `when` reads a missing field and fails: dropped, counted, and it does not
+    // hold up shutdown.
+    assert_eq!(
+        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 2}))
+            .await
+            .status(),
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(10)).await);
+    assert_eq!(
+        metric(&engine.metrics().encode(), "inputbot_events_dropped_total"),
+        1
+    );
+    let report = engine.shutdown().await;
+    assert!(report.drained && report.outstanding == 0, "{report:?}");
+    assert!(
+        !dir.path().join("dlq").exists()
+            || inputbot_runtime::dlq::files(&dir.path().join("dlq")).is_empty()
+    );
+}
