@@ -313,19 +313,6 @@ pub struct Resolved {
     pub act: Vec<ActConfig>,
 }
 
-impl Resolved {
-    /// All components, ingest first.
-    pub fn components(&self) -> Vec<ComponentConfig> {
-        self.ingest
-            .iter()
-            .cloned()
-            .map(ComponentConfig::Ingest)
-            .chain(self.process.iter().cloned().map(ComponentConfig::Process))
-            .chain(self.act.iter().cloned().map(ComponentConfig::Act))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

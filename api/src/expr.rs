@@ -214,12 +214,10 @@ impl CelExpr {
             )
         })?;
         let allowed = scope.variables();
+        let mut free = Vec::new();
+        free_names(program.expression(), &mut Vec::new(), &mut free);
         let refs = program.references();
-        let mut unknown: Vec<&str> = refs
-            .variables()
-            .into_iter()
-            .filter(|v| !allowed.contains(v) && !is_bound_in(source, v))
-            .collect();
+        let mut unknown: Vec<&str> = free.into_iter().filter(|v| !allowed.contains(v)).collect();
         unknown.sort_unstable();
         unknown.dedup();
         if let Some(name) = unknown.first() {
@@ -297,16 +295,52 @@ impl CelExpr {
     }
 }
 
-/// Macros (`exists`, `all`, `map`, `filter`, `exists_one`) bind a loop variable; the
-/// parser reports it among the references, so it is allowed where the source binds it.
-fn is_bound_in(source: &str, name: &str) -> bool {
-    ["exists", "all", "map", "filter", "exists_one"]
-        .iter()
-        .any(|m| {
-            source
-                .match_indices(&format!("{m}("))
-                .any(|(i, _)| source[i + m.len() + 1..].trim_start().starts_with(name))
-        })
+/// The free variables of an expression: identifiers not bound by an enclosing macro
+/// (`exists(x, …)`, `all`, `map`, `filter`, `exists_one` bind their loop variable only inside
+/// their own body).
+fn free_names<'e>(e: &'e cel::IdedExpr, bound: &mut Vec<&'e str>, out: &mut Vec<&'e str>) {
+    use cel::common::ast::{EntryExpr, Expr};
+    let mut entries = |entries: &'e [cel::common::ast::IdedEntryExpr],
+                       bound: &mut Vec<&'e str>,
+                       out: &mut Vec<&'e str>| {
+        for entry in entries {
+            match &entry.expr {
+                EntryExpr::StructField(f) => free_names(&f.value, bound, out),
+                EntryExpr::MapEntry(m) => {
+                    free_names(&m.key, bound, out);
+                    free_names(&m.value, bound, out);
+                }
+            }
+        }
+    };
+    match &e.expr {
+        Expr::Ident(name) if !name.starts_with('@') && !bound.contains(&name.as_str()) => {
+            out.push(name)
+        }
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                free_names(t, bound, out);
+            }
+            c.args.iter().for_each(|a| free_names(a, bound, out));
+        }
+        Expr::Comprehension(c) => {
+            free_names(&c.iter_range, bound, out);
+            free_names(&c.accu_init, bound, out);
+            let depth = bound.len();
+            bound.push(&c.iter_var);
+            bound.extend(c.iter_var2.as_deref());
+            bound.push(&c.accu_var);
+            for part in [&c.loop_cond, &c.loop_step, &c.result] {
+                free_names(part, bound, out);
+            }
+            bound.truncate(depth);
+        }
+        Expr::List(l) => l.elements.iter().for_each(|x| free_names(x, bound, out)),
+        Expr::Map(m) => entries(&m.entries, bound, out),
+        Expr::Struct(st) => entries(&st.entries, bound, out),
+        Expr::Select(sel) => free_names(&sel.operand, bound, out),
+        _ => {}
+    }
 }
 
 /// JSON → CEL. Integers become `int` (not `uint`), so `data.count == 1` and `data.n > 5` mean
@@ -585,6 +619,8 @@ mod tests {
             (r#""billing" in labels"#, true),
             ("data.n > 5", false),
             (r#"labels.exists(l, l == "billing")"#, true),
+            (r#"labels.exists( lbl , lbl.startsWith("bill"))"#, true),
+            (r#"[1, 2].all(x, [3].exists(y, y > x))"#, true),
             (r#"event.id == "e1""#, true),
         ];
         for (src, want) in cases {
@@ -598,6 +634,9 @@ mod tests {
         let err = CelExpr::compile("dta.x == 1", Scope::Event).unwrap_err();
         assert!(err.contains(r#"unknown name "dta""#), "{err}");
         assert!(err.contains("data, event, labels"), "{err}");
+        // A name bound in one macro is not in scope outside it.
+        let err = CelExpr::compile("labels.exists(l, true) && l == 1", Scope::Event).unwrap_err();
+        assert!(err.contains(r#"unknown name "l""#), "{err}");
         let err = CelExpr::compile("headers['x'] == 'y'", Scope::Event).unwrap_err();
         assert!(err.contains("headers"), "{err}");
         assert!(CelExpr::compile("headers['x-id']", Scope::Intake).is_ok());
