@@ -41,9 +41,12 @@ impl Scope {
 }
 
 /// The values an expression is evaluated against. Missing names evaluate as absent.
+///
+/// Values are converted to CEL once, when bound, so the many evaluations of one event (each
+/// classify rule, each template hole) share the conversion.
 #[derive(Clone, Debug, Default)]
 pub struct Activation {
-    vars: BTreeMap<&'static str, Value>,
+    vars: BTreeMap<&'static str, cel::Value>,
 }
 
 impl Activation {
@@ -54,13 +57,13 @@ impl Activation {
 
     /// Binds `name` to `value`.
     pub fn with(mut self, name: &'static str, value: Value) -> Self {
-        self.vars.insert(name, value);
+        self.set(name, value);
         self
     }
 
     /// Binds `name` to `value` in place.
     pub fn set(&mut self, name: &'static str, value: Value) {
-        self.vars.insert(name, value);
+        self.vars.insert(name, json_to_cel(&value));
     }
 }
 
@@ -276,7 +279,7 @@ impl CelExpr {
         CEL_ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
             for (name, value) in &vars.vars {
-                ctx.add_variable_from_value(*name, json_to_cel(value));
+                ctx.add_variable_from_value(*name, value.clone());
             }
             // The cel crate still has unfinished corners that panic (struct literals hit a
             // `todo!`); an expression a user wrote must fail, never take the process down.
@@ -300,9 +303,9 @@ impl CelExpr {
 /// their own body).
 fn free_names<'e>(e: &'e cel::IdedExpr, bound: &mut Vec<&'e str>, out: &mut Vec<&'e str>) {
     use cel::common::ast::{EntryExpr, Expr};
-    let mut entries = |entries: &'e [cel::common::ast::IdedEntryExpr],
-                       bound: &mut Vec<&'e str>,
-                       out: &mut Vec<&'e str>| {
+    let entries = |entries: &'e [cel::common::ast::IdedEntryExpr],
+                   bound: &mut Vec<&'e str>,
+                   out: &mut Vec<&'e str>| {
         for entry in entries {
             match &entry.expr {
                 EntryExpr::StructField(f) => free_names(&f.value, bound, out),

@@ -242,7 +242,7 @@ impl<'a> Checker<'a> {
     fn headers(&mut self, field: &str, headers: &Headers) {
         for (name, value) in headers {
             let f = format!("{field}[{name}]");
-            if reqwest_like_header_name(name).is_err() {
+            if !is_header_name(name) {
                 self.error(
                     &f,
                     format!("expected an HTTP header name (letters, digits and !#$%&'*+-.^_`|~), found {name:?}"),
@@ -417,23 +417,7 @@ impl<'a> Checker<'a> {
     }
 
     fn source(&mut self, f: &str, source: &Source) {
-        self.check(
-            &format!("{f}.name"),
-            names::check_dns_label(&source.name).or_else(|e| {
-                // Source names may start with a digit; only the shape matters here.
-                if source
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                    && !source.name.is_empty()
-                    && source.name.len() <= 63
-                {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }),
-        );
+        // The name's shape is the schema's pattern, enforced on load and by the API server.
         let Some(kind) = source.kind() else {
             self.error(f, "set exactly one of webhook, poll, schedule or kafka");
             return;
@@ -723,7 +707,7 @@ impl<'a> Checker<'a> {
                 self.positive_duration(&format!("{f}.timeout"), h.timeout.as_ref());
                 if let Some(hdr) = &h.idempotency_header
                     && !hdr.is_empty()
-                    && reqwest_like_header_name(hdr).is_err()
+                    && !is_header_name(hdr)
                 {
                     self.error(
                         &format!("{f}.idempotencyHeader"),
@@ -846,12 +830,8 @@ fn strip_holes(s: &str) -> String {
     out
 }
 
-fn reqwest_like_header_name(name: &str) -> Result<(), ()> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
-    if ok { Ok(()) } else { Err(()) }
+fn is_header_name(name: &str) -> bool {
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
 }
 
 /// `user@host` or `Name <user@host>`.

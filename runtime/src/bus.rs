@@ -252,9 +252,21 @@ impl EmbeddedBus {
                 group: group.to_owned(),
             });
         };
+        self.send_all(topic, vec![tx], event).await
+    }
+
+    /// Reserves a slot in every given group first, then sends, so an event reaches all of them
+    /// or none; waits at most `publish_timeout` for room.
+    async fn send_all(
+        &self,
+        topic: &str,
+        senders: Vec<mpsc::Sender<Event>>,
+        event: &Event,
+    ) -> Result<(), BusError> {
         let waited = self.options.publish_timeout;
-        let permit = match tokio::time::timeout(waited, tx.reserve()).await {
-            Ok(Ok(p)) => p,
+        let reserve = futures::future::try_join_all(senders.iter().map(|tx| tx.reserve()));
+        let permits = match tokio::time::timeout(waited, reserve).await {
+            Ok(Ok(permits)) => permits,
             Ok(Err(_)) => return Err(BusError::Closed),
             Err(_) => {
                 return Err(BusError::Full {
@@ -263,8 +275,10 @@ impl EmbeddedBus {
                 });
             }
         };
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
-        permit.send(event.clone());
+        self.outstanding.fetch_add(permits.len(), Ordering::SeqCst);
+        for permit in permits {
+            permit.send(event.clone());
+        }
         Ok(())
     }
 
@@ -291,24 +305,7 @@ impl Bus for EmbeddedBus {
                 .get(topic)
                 .map(|groups| groups.iter().map(|g| g.tx.clone()).collect())
                 .unwrap_or_default();
-            // Reserve a slot in every group first, so an event reaches all groups or none.
-            let waited = self.options.publish_timeout;
-            let reserve = futures::future::try_join_all(senders.iter().map(|tx| tx.reserve()));
-            let permits = match tokio::time::timeout(waited, reserve).await {
-                Ok(Ok(permits)) => permits,
-                Ok(Err(_)) => return Err(BusError::Closed),
-                Err(_) => {
-                    return Err(BusError::Full {
-                        topic: topic.to_owned(),
-                        waited,
-                    });
-                }
-            };
-            self.outstanding.fetch_add(permits.len(), Ordering::SeqCst);
-            for permit in permits {
-                permit.send(event.clone());
-            }
-            Ok(())
+            self.send_all(topic, senders, event).await
         })
     }
 

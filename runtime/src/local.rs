@@ -482,7 +482,7 @@ pub async fn redrive(
     // halfway never leaves some records put back and still in the file.
     struct Plan {
         path: PathBuf,
-        before: usize,
+        records: Vec<crate::dlq::DeadLetter>,
         selected: Vec<(usize, String)>,
     }
     let mut plans = Vec::new();
@@ -533,14 +533,13 @@ pub async fn redrive(
         }
         plans.push(Plan {
             path,
-            before: records.len(),
+            records,
             selected,
         });
     }
     for plan in &plans {
-        let records = crate::dlq::read(&plan.path)?;
         for (i, group) in &plan.selected {
-            let record = &records[*i];
+            let record = &plan.records[*i];
             engine
                 .bus()
                 .publish_to_group(&record.input_topic, group, &record.event)
@@ -558,12 +557,13 @@ pub async fn redrive(
     // Remove what was put back; keep what was not selected and what failed again (appended).
     for Plan {
         path,
-        before,
+        records,
         selected,
     } in plans
     {
+        // Read again: records that failed again were appended while the engine ran.
         let current = crate::dlq::read(&path)?;
-        report.failed_again += current.len().saturating_sub(before);
+        report.failed_again += current.len().saturating_sub(records.len());
         let kept: Vec<_> = current
             .into_iter()
             .enumerate()

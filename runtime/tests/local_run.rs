@@ -445,32 +445,31 @@ async fn accounting_holds_over_ten_thousand_events_with_a_target_failing_thirty_
     let url = format!("http://{}/gh", engine.addr().unwrap());
     let c = client();
     let total = 10_000usize;
-    let mut accepted = Vec::with_capacity(total);
-    let mut skipped = 0;
-    // Bounded concurrency: 32 requests in flight.
-    let mut pending = futures::stream::FuturesUnordered::new();
+    // Every tenth event is filtered by the pipeline.
+    let kind = |i: usize| {
+        if i.is_multiple_of(10) {
+            "skip"
+        } else {
+            "ticket"
+        }
+    };
+    let skipped = (0..total).filter(|i| kind(*i) == "skip").count();
     use futures::StreamExt;
-    for i in 0..total {
-        let kind = if i % 10 == 0 { "skip" } else { "ticket" };
-        if kind == "skip" {
-            skipped += 1;
-        }
-        let body = json!({"kind": kind, "n": i});
-        let (c, url) = (c.clone(), url.clone());
-        pending.push(async move {
-            let r = post_signed(&c, &url, &body).await;
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        });
-        if pending.len() >= 32 {
-            let (status, body) = pending.next().await.unwrap();
-            assert_eq!(status, 202, "{body}");
-            accepted.push(body["id"].as_str().unwrap().to_owned());
-        }
-    }
-    while let Some((status, body)) = pending.next().await {
-        assert_eq!(status, 202, "{body}");
-        accepted.push(body["id"].as_str().unwrap().to_owned());
-    }
+    // Bounded concurrency: 32 requests in flight.
+    let accepted: Vec<String> = futures::stream::iter(0..total)
+        .map(|i| {
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let r = post_signed(&c, &url, &json!({"kind": kind(i), "n": i})).await;
+                let status = r.status().as_u16();
+                let body = r.json::<Value>().await.unwrap();
+                assert_eq!(status, 202, "{body}");
+                body["id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
     assert!(
         engine.settle(Duration::from_secs(120)).await,
         "not every event was handled"
