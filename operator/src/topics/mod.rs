@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 pub mod admin;
+pub mod strimzi;
 
 /// Who asks for a topic: the resource that owns it. Strimzi uses it for labels (never for an
 /// owner reference: `deletionPolicy: Retain` must keep the topic); the admin mode for logs.
