@@ -226,15 +226,21 @@ fn render(
     // The replication factor is set at creation; changing it later needs Cruise Control.
     let requested_replicas =
         (request.replication_factor > 0).then_some(i32::from(request.replication_factor));
-    let replicas = match (existing_spec.and_then(|s| s.replicas), requested_replicas) {
-        (Some(has), Some(wanted)) if has != wanted => {
-            notes.push(format!(
-                "has replication factor {has}, not the {wanted} requested; it is set at creation only"
-            ));
-            Some(has)
+    // An existing KafkaTopic keeps its replicas, also when it has none (the broker default):
+    // writing a number there could ask the topic operator for a replication change.
+    let replicas = match existing {
+        None => requested_replicas,
+        Some(_) => {
+            let has = existing_spec.and_then(|s| s.replicas);
+            if let (Some(has), Some(wanted)) = (has, requested_replicas)
+                && has != wanted
+            {
+                notes.push(format!(
+                    "has replication factor {has}, not the {wanted} requested; it is set at creation only"
+                ));
+            }
+            has
         }
-        (Some(has), None) => Some(has),
-        (_, wanted) => wanted,
     };
 
     let labels = BTreeMap::from([
@@ -680,6 +686,17 @@ mod tests {
             notes,
             ["has replication factor 1, not the 3 requested; it is set at creation only"]
         );
+    }
+
+    #[test]
+    fn an_existing_kafka_topic_without_replicas_gets_none() {
+        let mut old = existing(3, 1);
+        if let Some(spec) = old.spec.as_mut() {
+            spec.replicas = None;
+        }
+        let (topic, notes) = render("my-cluster", "kafka", &owner(), &request(3, 3), Some(&old));
+        assert_eq!(topic.spec.as_ref().and_then(|s| s.replicas), None);
+        assert!(notes.is_empty());
     }
 
     #[test]
