@@ -13,8 +13,11 @@
 
 use std::collections::BTreeMap;
 
-/// Who asks for a topic: the resource that owns it. Strimzi uses it for labels (and an owner
-/// reference when the KafkaTopic lives in the resource's namespace); the admin mode for logs.
+pub mod admin;
+pub mod strimzi;
+
+/// Who asks for a topic: the resource that owns it. Strimzi uses it for labels (never for an
+/// owner reference: `deletionPolicy: Retain` must keep the topic); the admin mode for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicOwner {
     /// `inputbot.dev/v1alpha1`.
