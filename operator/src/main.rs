@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use inputbot_operator::{render, run, settings::{RunSettings, Settings}};
+use inputbot_operator::{
+    render, run,
+    settings::{RunSettings, Settings},
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "inputbot-operator", version, about)]
@@ -62,7 +65,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { settings, run } => {
             init_tracing(cli.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -77,18 +83,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Render { files, namespace, keda, settings } => {
-            match render_files(&files, &namespace, keda, &settings) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Render {
+            files,
+            namespace,
+            keda,
+            settings,
+        } => match render_files(&files, &namespace, keda, &settings) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::ApiDocs => {
             print!("{}", inputbot_api::crd::reference_markdown());
             ExitCode::SUCCESS
@@ -106,7 +115,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -122,7 +133,11 @@ fn render_files(
     let set = inputbot_api::manifest::load_files(files, namespace).map_err(|errors| {
         anyhow::anyhow!(
             "{}",
-            errors.iter().map(|e| format!("{}: {}", e.origin, e.message)).collect::<Vec<_>>().join("\n")
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.origin, e.message))
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })?;
     let objects = render::render_files(&set, settings, render::Capabilities { keda })

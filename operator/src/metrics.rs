@@ -59,7 +59,9 @@ impl Metrics {
             reconciles: Family::default(),
             failures: Family::default(),
             duration: Family::new_with_constructor(|| {
-                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
             }),
             in_flight: Family::default(),
             writes: Family::default(),
@@ -68,10 +70,26 @@ impl Metrics {
         };
         let r = registry.sub_registry_with_prefix("inputbot_operator");
         r.register("reconciles", "Reconciles started", m.reconciles.clone());
-        r.register("reconcile_failures", "Reconciles that failed, by error", m.failures.clone());
-        r.register("reconcile_duration_seconds", "Reconcile durations", m.duration.clone());
-        r.register("reconciles_in_flight", "Reconciles running now", m.in_flight.clone());
-        r.register("api_writes", "Writes sent to the API server", m.writes.clone());
+        r.register(
+            "reconcile_failures",
+            "Reconciles that failed, by error",
+            m.failures.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Reconcile durations",
+            m.duration.clone(),
+        );
+        r.register(
+            "reconciles_in_flight",
+            "Reconciles running now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "api_writes",
+            "Writes sent to the API server",
+            m.writes.clone(),
+        );
         r.register(
             "api_writes_skipped",
             "Writes skipped because the object already matched",
@@ -84,14 +102,18 @@ impl Metrics {
     /// Counts a write of `object`.
     pub fn wrote(&self, object: &str) {
         self.writes
-            .get_or_create(&WriteLabels { object: object.into() })
+            .get_or_create(&WriteLabels {
+                object: object.into(),
+            })
             .inc();
     }
 
     /// Counts a skipped write of `object`.
     pub fn skipped(&self, object: &str) {
         self.writes_skipped
-            .get_or_create(&WriteLabels { object: object.into() })
+            .get_or_create(&WriteLabels {
+                object: object.into(),
+            })
             .inc();
     }
 }

@@ -53,20 +53,31 @@ struct Http {
     ready: Arc<AtomicBool>,
 }
 
-async fn metrics(State(http): State<Http>) -> impl IntoResponse {
+async fn serve_metrics(State(http): State<Http>) -> impl IntoResponse {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &http.registry) {
         Ok(()) => (
             StatusCode::OK,
-            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         ),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], String::new()),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            String::new(),
+        ),
     }
 }
 
 async fn readyz(State(http): State<Http>) -> StatusCode {
-    if http.ready.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if http.ready.load(Ordering::Relaxed) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 fn shutdown_signal() -> SharedFuture<futures::future::BoxFuture<'static, ()>> {
@@ -99,11 +110,14 @@ pub async fn run(settings: Settings, run: RunSettings) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let http = Http { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)) };
+    let http = Http {
+        registry: Arc::new(registry),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
     let shutdown = shutdown_signal();
 
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(http.clone());
@@ -113,7 +127,10 @@ pub async fn run(settings: Settings, run: RunSettings) -> anyhow::Result<()> {
     info!(listen = %run.metrics_listen, "serving /metrics, /healthz and /readyz");
     let server_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(server_shutdown).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(server_shutdown)
+            .await
+        {
             error!(error = %e, "the metrics server failed");
         }
     });
@@ -134,7 +151,10 @@ pub async fn run(settings: Settings, run: RunSettings) -> anyhow::Result<()> {
         settings: settings.clone(),
         topics,
         concurrency: run.concurrency,
-        reporter: Reporter { controller: "inputbot-operator".into(), instance: Some(identity.clone()) },
+        reporter: Reporter {
+            controller: "inputbot-operator".into(),
+            instance: Some(identity.clone()),
+        },
     };
     // A standby is ready: it serves and waits. Readiness says "this process works", not
     // "this process leads".

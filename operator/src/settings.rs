@@ -18,10 +18,18 @@ pub enum TopicMode {
 #[derive(Clone, Debug, Args)]
 pub struct KafkaSettings {
     /// Kafka bootstrap servers (`host:port,…`), as the runtime pods reach them.
-    #[arg(long = "kafka-bootstrap", env = "INPUTBOT_KAFKA_BOOTSTRAP", default_value = "kafka:9092")]
+    #[arg(
+        long = "kafka-bootstrap",
+        env = "INPUTBOT_KAFKA_BOOTSTRAP",
+        default_value = "kafka:9092"
+    )]
     pub bootstrap: String,
     /// Kafka `security.protocol`: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
-    #[arg(long = "kafka-security-protocol", env = "INPUTBOT_KAFKA_SECURITY_PROTOCOL", default_value = "PLAINTEXT")]
+    #[arg(
+        long = "kafka-security-protocol",
+        env = "INPUTBOT_KAFKA_SECURITY_PROTOCOL",
+        default_value = "PLAINTEXT"
+    )]
     pub security_protocol: String,
     /// SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when the protocol uses SASL.
     #[arg(long = "kafka-sasl-mechanism", env = "INPUTBOT_KAFKA_SASL_MECHANISM")]
@@ -29,13 +37,24 @@ pub struct KafkaSettings {
     /// Name of a Secret with keys `username` and `password` for SASL. The operator reads its
     /// own copy from its namespace; runtime pods get a Secret of the same name from their
     /// own namespace, as environment variables.
-    #[arg(long = "kafka-credentials-secret", env = "INPUTBOT_KAFKA_CREDENTIALS_SECRET")]
+    #[arg(
+        long = "kafka-credentials-secret",
+        env = "INPUTBOT_KAFKA_CREDENTIALS_SECRET"
+    )]
     pub credentials_secret: Option<String>,
     /// SASL username of the operator's own admin client (from the Helm chart's Secret).
-    #[arg(long = "kafka-sasl-username", env = "INPUTBOT_KAFKA_SASL_USERNAME", hide_env_values = true)]
+    #[arg(
+        long = "kafka-sasl-username",
+        env = "INPUTBOT_KAFKA_SASL_USERNAME",
+        hide_env_values = true
+    )]
     pub sasl_username: Option<String>,
     /// SASL password of the operator's own admin client (from the Helm chart's Secret).
-    #[arg(long = "kafka-sasl-password", env = "INPUTBOT_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "INPUTBOT_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
     pub sasl_password: Option<String>,
     /// Name of a Secret with key `ca.crt` (the CA of the brokers' TLS certificates), mounted
     /// into runtime pods from their namespace.
@@ -72,10 +91,14 @@ impl KafkaSettings {
 #[derive(Clone, Debug, Args)]
 pub struct Settings {
     /// The runtime image every component runs.
-    #[arg(long, env = "INPUTBOT_RUNTIME_IMAGE", default_value = concat!("ghcr.io/inputbot/inputbot:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "INPUTBOT_RUNTIME_IMAGE", default_value = concat!("inputbot/inputbot:", env!("CARGO_PKG_VERSION")))]
     pub runtime_image: String,
     /// Pull policy of the runtime image.
-    #[arg(long, env = "INPUTBOT_RUNTIME_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(
+        long,
+        env = "INPUTBOT_RUNTIME_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
     pub runtime_image_pull_policy: String,
     /// Kafka connection.
     #[command(flatten)]
@@ -125,7 +148,11 @@ impl Settings {
 #[derive(Clone, Debug, Args)]
 pub struct RunSettings {
     /// Namespaces to watch (repeat the flag); all namespaces when none is given.
-    #[arg(long = "watch-namespace", env = "INPUTBOT_WATCH_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "watch-namespace",
+        env = "INPUTBOT_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub watch_namespaces: Vec<String>,
     /// Reconciles run at once per resource kind.
     #[arg(long, env = "INPUTBOT_CONCURRENCY", default_value_t = 8)]

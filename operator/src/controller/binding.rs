@@ -22,7 +22,9 @@ impl Reconciled for ActionBinding {
     }
 
     fn current_status(&self) -> Option<Value> {
-        self.status.as_ref().and_then(|s| serde_json::to_value(s).ok())
+        self.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
     }
 
     async fn plan(&self, ctx: &Context) -> Result<Plan> {
@@ -83,10 +85,18 @@ impl Reconciled for ActionBinding {
 
 /// Whether `binding` reads from the Pipeline `name` (for the watch on Pipelines).
 pub fn reads_pipeline(binding: &ActionBinding, name: &str) -> bool {
-    binding.spec.pipeline_ref.as_ref().is_some_and(|r| r.name == name)
+    binding
+        .spec
+        .pipeline_ref
+        .as_ref()
+        .is_some_and(|r| r.name == name)
 }
 
 /// Whether `binding` reads the InputBot `name` directly (for the watch on InputBots).
 pub fn reads_bot(binding: &ActionBinding, name: &str) -> bool {
-    binding.spec.bot_ref.as_ref().is_some_and(|r| r.name == name)
+    binding
+        .spec
+        .bot_ref
+        .as_ref()
+        .is_some_and(|r| r.name == name)
 }

@@ -58,7 +58,14 @@ pub const PENDING: Duration = Duration::from_secs(5);
 /// What a controller needs to know of its resource kind.
 #[async_trait::async_trait]
 pub trait Reconciled:
-    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
     /// `InputBot`, `Pipeline` or `ActionBinding`.
     const KIND: &'static str;
@@ -91,7 +98,9 @@ pub async fn reconcile<K: Reconciled>(
     guard: Arc<DeserializeGuard<K>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    let labels = crate::metrics::KindLabels { kind: K::KIND.into() };
+    let labels = crate::metrics::KindLabels {
+        kind: K::KIND.into(),
+    };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let gauge = ctx.metrics.in_flight.get_or_create(&labels).clone();
     gauge.inc();
@@ -132,7 +141,10 @@ pub fn error_policy<K: Reconciled>(
         })
         .inc();
     let (name, uid) = match &guard.0 {
-        Ok(o) => (format!("{}/{}", ns(o), o.name_any()), o.uid().unwrap_or_default()),
+        Ok(o) => (
+            format!("{}/{}", ns(o), o.name_any()),
+            o.uid().unwrap_or_default(),
+        ),
         Err(i) => (
             i.metadata.name.clone().unwrap_or_default(),
             i.metadata.uid.clone().unwrap_or_default(),
@@ -201,7 +213,11 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
                     "ReferencesResolved",
                     refs_ok,
                     refs_reason,
-                    if refs_ok { "every reference exists" } else { &message },
+                    if refs_ok {
+                        "every reference exists"
+                    } else {
+                        &message
+                    },
                     generation,
                 ),
             ];
@@ -216,11 +232,24 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     let (topics_ok, topics_message) = ensure_topics(obj, ctx, &plan).await?;
 
     apply_children(ctx, &plan).await?;
-    if ctx.pruned.lock().expect("lock").insert((uid.clone(), generation)) {
+    if ctx
+        .pruned
+        .lock()
+        .expect("lock")
+        .insert((uid.clone(), generation))
+    {
         prune(ctx, &plan).await?;
     }
     for w in &plan.warnings {
-        publish(ctx, obj, EventType::Warning, "ReplicasCapped", "Reconcile", w).await;
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            "ReplicasCapped",
+            "Reconcile",
+            w,
+        )
+        .await;
     }
 
     let (workload_ok, workload_message) = workload_ready(ctx, &plan).await?;
@@ -234,18 +263,32 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     };
     let mut conditions = vec![
         cond("Ready", ready, ready_reason, &ready_message, generation),
-        cond("ReferencesResolved", true, "Resolved", "every reference exists", generation),
+        cond(
+            "ReferencesResolved",
+            true,
+            "Resolved",
+            "every reference exists",
+            generation,
+        ),
         cond(
             "TopicsReady",
             topics_ok,
-            if topics_ok { "TopicsReady" } else { "TopicsNotReady" },
+            if topics_ok {
+                "TopicsReady"
+            } else {
+                "TopicsNotReady"
+            },
             &topics_message,
             generation,
         ),
         cond(
             "WorkloadReady",
             workload_ok,
-            if workload_ok { "DeploymentsAvailable" } else { "DeploymentsNotAvailable" },
+            if workload_ok {
+                "DeploymentsAvailable"
+            } else {
+                "DeploymentsNotAvailable"
+            },
             &workload_message,
             generation,
         ),
@@ -269,7 +312,11 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     }
     write_status(&api, obj, ctx, conditions, obj.status_fields(Some(&plan))).await?;
     ctx.succeeded(&uid);
-    Ok(if topics_ok { Action::requeue(RESYNC) } else { Action::requeue(PENDING) })
+    Ok(if topics_ok {
+        Action::requeue(RESYNC)
+    } else {
+        Action::requeue(PENDING)
+    })
 }
 
 fn derived_topics<K: Reconciled>(obj: &K) -> Vec<String> {
@@ -313,9 +360,17 @@ async fn patch_finalizers<K: Reconciled>(
         "resourceVersion": obj.resource_version(),
     }});
     ctx.metrics.wrote("finalizer");
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::kube(format!("update finalizers of {} {}", K::KIND, obj.name_any())))?;
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "update finalizers of {} {}",
+        K::KIND,
+        obj.name_any()
+    )))?;
     Ok(())
 }
 
@@ -348,7 +403,11 @@ async fn ensure_topics<K: Reconciled>(
         .filter_map(|o| o.message.as_ref().map(|m| format!("{}: {m}", o.name)))
         .collect();
     let mut message = if ready {
-        format!("topics {} exist ({} mode)", names.join(", "), ctx.topics.mode())
+        format!(
+            "topics {} exist ({} mode)",
+            names.join(", "),
+            ctx.topics.mode()
+        )
     } else {
         format!("waiting for topics ({} mode)", ctx.topics.mode())
     };
@@ -444,11 +503,17 @@ async fn prune(ctx: &Context, plan: &Plan) -> Result<()> {
             if ours && !keep.contains(&name) {
                 ctx.metrics.wrote(&format!("{}-delete", ar.kind));
                 match api.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => info!(kind = %ar.kind, namespace = %plan.owner.namespace, %name, "pruned a child the spec no longer asks for"),
+                    Ok(_) => {
+                        info!(kind = %ar.kind, namespace = %plan.owner.namespace, %name, "pruned a child the spec no longer asks for")
+                    }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(Error::kube(format!("prune {} {name}", ar.kind))(e)),
                 }
-                ctx.applied.lock().expect("lock").remove(&(*kind, plan.owner.namespace.clone(), name));
+                ctx.applied.lock().expect("lock").remove(&(
+                    *kind,
+                    plan.owner.namespace.clone(),
+                    name,
+                ));
             }
         }
     }
@@ -460,7 +525,11 @@ async fn workload_ready(ctx: &Context, plan: &Plan) -> Result<(bool, String)> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &plan.owner.namespace);
     let mut waiting = Vec::new();
     for name in &plan.deployments {
-        let d = match api.get_opt(name).await.map_err(Error::kube(format!("read Deployment {name}")))? {
+        let d = match api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!("read Deployment {name}")))?
+        {
             Some(d) => d,
             None => {
                 waiting.push(format!("{name}: not created yet"));
@@ -481,13 +550,19 @@ async fn workload_ready(ctx: &Context, plan: &Plan) -> Result<(bool, String)> {
         if !(available && rolled) {
             waiting.push(format!(
                 "{name}: {}/{} replicas updated and available",
-                status.available_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0)),
+                status
+                    .available_replicas
+                    .unwrap_or(0)
+                    .min(status.updated_replicas.unwrap_or(0)),
                 wanted
             ));
         }
     }
     if waiting.is_empty() {
-        Ok((true, format!("Deployments {} are available", plan.deployments.join(", "))))
+        Ok((
+            true,
+            format!("Deployments {} are available", plan.deployments.join(", ")),
+        ))
     } else {
         Ok((false, format!("waiting for {}", waiting.join("; "))))
     }
@@ -535,9 +610,18 @@ async fn write_status<K: Reconciled>(
         return Ok(());
     }
     let was = old.conditions.iter().find(|c| c.type_ == "Ready");
-    let now = conditions.iter().find(|c| c.type_ == "Ready").expect("Ready is always set");
+    let now = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready is always set");
     if was.map(|w| (&w.status, &w.reason)) != Some((&now.status, &now.reason)) {
-        let kind = if now.status == "True" { EventType::Normal } else { EventType::Warning };
+        // Coming up is normal; a failure a person must act on is a Warning.
+        let progressing = matches!(now.reason.as_str(), "WorkloadNotReady" | "TopicsNotReady");
+        let kind = if now.status == "True" || progressing {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
         publish(ctx, obj, kind, &now.reason, "Reconcile", &now.message).await;
     }
     ctx.metrics.wrote("status");
@@ -551,7 +635,11 @@ async fn write_status<K: Reconciled>(
         })),
     )
     .await
-    .map_err(Error::kube(format!("patch status of {} {}", K::KIND, obj.name_any())))?;
+    .map_err(Error::kube(format!(
+        "patch status of {} {}",
+        K::KIND,
+        obj.name_any()
+    )))?;
     Ok(())
 }
 

@@ -22,7 +22,9 @@ impl Reconciled for Pipeline {
     }
 
     fn current_status(&self) -> Option<Value> {
-        self.status.as_ref().and_then(|s| serde_json::to_value(s).ok())
+        self.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
     }
 
     async fn plan(&self, ctx: &Context) -> Result<Plan> {

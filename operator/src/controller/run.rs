@@ -47,10 +47,8 @@ pub struct Shared {
     pub reporter: Reporter,
 }
 
-type ChildStream = futures::stream::BoxStream<
-    'static,
-    Result<PartialObjectMeta<DynamicObject>, watcher::Error>,
->;
+type ChildStream =
+    futures::stream::BoxStream<'static, Result<PartialObjectMeta<DynamicObject>, watcher::Error>>;
 
 /// Metadata watches of the children of one kind of owner, with the stores they fill.
 pub fn metadata_stores(
@@ -58,7 +56,10 @@ pub fn metadata_stores(
     namespace: Option<&str>,
     owner_kind: &str,
     kinds: &[ChildKind],
-) -> (HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>, Vec<(ChildKind, ChildStream)>) {
+) -> (
+    HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>,
+    Vec<(ChildKind, ChildStream)>,
+) {
     let mut stores = HashMap::new();
     let mut streams = Vec::new();
     for kind in kinds {
@@ -89,7 +90,10 @@ pub fn metadata_stores(
     (stores, streams)
 }
 
-fn context(shared: &Shared, stores: HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>) -> Arc<Context> {
+fn context(
+    shared: &Shared,
+    stores: HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>,
+) -> Arc<Context> {
     Arc::new(Context {
         client: shared.client.clone(),
         recorder: Recorder::new(shared.client.clone(), shared.reporter.clone()),
@@ -146,7 +150,10 @@ pub async fn controllers(
     if keda {
         consumer_kinds.push(ChildKind::ScaledObject);
     }
-    info!(namespace = ns.unwrap_or("<all>"), keda, "starting controllers");
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        keda, "starting controllers"
+    );
 
     // InputBot: owns every intake child.
     let (stores, streams) = metadata_stores(
@@ -184,41 +191,67 @@ pub async fn controllers(
     }
     let pipeline_store = pipelines.store();
     let pipelines = pipelines
-        .watches(api::<InputBot>(client, ns), watcher::Config::default(), move |bot| {
-            let all: Vec<Pipeline> = pipeline_store
-                .state()
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok().cloned())
-                .collect();
-            pipeline::referencing(&all, &bot)
-                .into_iter()
-                .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            api::<InputBot>(client, ns),
+            watcher::Config::default(),
+            move |bot| {
+                let all: Vec<Pipeline> = pipeline_store
+                    .state()
+                    .iter()
+                    .filter_map(|g| g.0.as_ref().ok().cloned())
+                    .collect();
+                pipeline::referencing(&all, &bot)
+                    .into_iter()
+                    .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile::<Pipeline>, error_policy::<Pipeline>, context(&shared, stores))
+        .run(
+            reconcile::<Pipeline>,
+            error_policy::<Pipeline>,
+            context(&shared, stores),
+        )
         .for_each(log_result)
         .boxed();
 
     // ActionBinding: its children, plus its Pipeline or InputBot.
     let (stores, streams) = metadata_stores(client, ns, "ActionBinding", &consumer_kinds);
-    let mut bindings =
-        Controller::new(guarded::<ActionBinding>(client, ns), watcher::Config::default())
-            .with_config(config);
+    let mut bindings = Controller::new(
+        guarded::<ActionBinding>(client, ns),
+        watcher::Config::default(),
+    )
+    .with_config(config);
     for (kind, stream) in streams {
         bindings = bindings.owns_stream_with(stream, kind.api_resource());
     }
     let by_pipeline = bindings.store();
     let by_bot = bindings.store();
     let bindings = bindings
-        .watches(api::<Pipeline>(client, ns), watcher::Config::default(), move |p| {
-            matching(&by_pipeline, &p.namespace(), |b| binding::reads_pipeline(b, &p.name_any()))
-        })
-        .watches(api::<InputBot>(client, ns), watcher::Config::default(), move |bot| {
-            matching(&by_bot, &bot.namespace(), |b| binding::reads_bot(b, &bot.name_any()))
-        })
+        .watches(
+            api::<Pipeline>(client, ns),
+            watcher::Config::default(),
+            move |p| {
+                matching(&by_pipeline, &p.namespace(), |b| {
+                    binding::reads_pipeline(b, &p.name_any())
+                })
+            },
+        )
+        .watches(
+            api::<InputBot>(client, ns),
+            watcher::Config::default(),
+            move |bot| {
+                matching(&by_bot, &bot.namespace(), |b| {
+                    binding::reads_bot(b, &bot.name_any())
+                })
+            },
+        )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::<ActionBinding>, error_policy::<ActionBinding>, context(&shared, stores))
+        .run(
+            reconcile::<ActionBinding>,
+            error_policy::<ActionBinding>,
+            context(&shared, stores),
+        )
         .for_each(log_result)
         .boxed();
 

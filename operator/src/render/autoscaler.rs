@@ -3,8 +3,8 @@
 //! own, so a component never has both. Consumer replicas never exceed the topic's partitions.
 
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    MetricSpec, MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
 };
 use kube::core::ApiResource;
 use serde_json::{Value, json};
@@ -35,7 +35,13 @@ pub enum Autoscaler {
 }
 
 /// A CPU HPA for the component's Deployment.
-pub fn hpa(owner: &Owner, component: &str, min: i32, max: i32, cpu: i32) -> HorizontalPodAutoscaler {
+pub fn hpa(
+    owner: &Owner,
+    component: &str,
+    min: i32,
+    max: i32,
+    cpu: i32,
+) -> HorizontalPodAutoscaler {
     let name = inputbot_api::names::child_name(&owner.name, component);
     HorizontalPodAutoscaler {
         metadata: owner.child_meta(&name, component),

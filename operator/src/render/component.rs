@@ -11,10 +11,10 @@ use inputbot_api::{common::Workload, config::ComponentConfig};
 use k8s_openapi::api::{
     apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
     core::v1::{
-        Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-        EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-        PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-        SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+        Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+        EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+        PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+        SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
     },
 };
 use k8s_openapi::apimachinery::pkg::{
@@ -63,8 +63,7 @@ pub fn render(spec: &ComponentSpec<'_>, settings: &Settings) -> (ConfigMap, Depl
     let name = inputbot_api::names::child_name(&spec.owner.name, spec.component);
     let config_json =
         serde_json::to_value(spec.config).expect("the resolved config serializes to JSON");
-    let config_text =
-        serde_json::to_string_pretty(&config_json).expect("a JSON value serializes");
+    let config_text = serde_json::to_string_pretty(&config_json).expect("a JSON value serializes");
     let config_hash = digest(&config_json);
     let secrets = secret_refs(&config_json);
 
@@ -153,9 +152,15 @@ pub fn render(spec: &ComponentSpec<'_>, settings: &Settings) -> (ConfigMap, Depl
             read_only: Some(true),
             ..VolumeMount::default()
         });
-        env.push(literal("INPUTBOT_KAFKA_TLS_CA_FILE", &format!("{KAFKA_CA_DIR}/ca.crt")));
+        env.push(literal(
+            "INPUTBOT_KAFKA_TLS_CA_FILE",
+            &format!("{KAFKA_CA_DIR}/ca.crt"),
+        ));
     }
-    for (var, path) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+    for (var, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
         env.push(EnvVar {
             name: var.into(),
             value_from: Some(EnvVarSource {
@@ -355,7 +360,9 @@ pub fn secret_refs(config: &Value) -> BTreeMap<String, BTreeSet<String>> {
             v.get("name").and_then(Value::as_str),
             v.get("key").and_then(Value::as_str),
         ) {
-            out.entry(name.to_owned()).or_default().insert(key.to_owned());
+            out.entry(name.to_owned())
+                .or_default()
+                .insert(key.to_owned());
         }
     }
     fn walk(out: &mut BTreeMap<String, BTreeSet<String>>, v: &Value) {

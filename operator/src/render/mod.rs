@@ -36,8 +36,8 @@ use sha2::{Digest, Sha256};
 
 pub use autoscaler::{Autoscaler, KEDA_GROUP, scaled_object_resource};
 pub use plan::{
-    AutoscalingState, BindingInputs, Capabilities, Plan, PlanError, PipelineInputs, plan_binding, plan_bot,
-    plan_pipeline, render_files,
+    AutoscalingState, BindingInputs, Capabilities, PipelineInputs, Plan, PlanError, plan_binding,
+    plan_bot, plan_pipeline, render_files,
 };
 
 /// The field manager of every write the operator makes.
@@ -113,10 +113,7 @@ impl Owner {
         let mut labels = self.selector_labels(component);
         labels.insert("app.kubernetes.io/part-of".into(), self.bot.clone());
         labels.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
-        labels.insert(
-            OWNER_KIND_LABEL.into(),
-            self.kind.to_ascii_lowercase(),
-        );
+        labels.insert(OWNER_KIND_LABEL.into(), self.kind.to_ascii_lowercase());
         labels.insert(OWNER_NAME_LABEL.into(), self.name.clone());
         labels
     }
@@ -126,7 +123,10 @@ impl Owner {
         BTreeMap::from([
             ("app.kubernetes.io/name".to_owned(), "inputbot".to_owned()),
             ("app.kubernetes.io/instance".to_owned(), self.name.clone()),
-            ("app.kubernetes.io/component".to_owned(), component.to_owned()),
+            (
+                "app.kubernetes.io/component".to_owned(),
+                component.to_owned(),
+            ),
         ])
     }
 

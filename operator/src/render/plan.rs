@@ -9,8 +9,7 @@ use inputbot_api::{
     common::{TopicSettings, Workload},
     config::ComponentConfig,
     manifest::ResourceSet,
-    names,
-    resolve,
+    names, resolve,
     validate::{self, Options, Problem, Severity},
 };
 use kube::ResourceExt;
@@ -238,7 +237,11 @@ pub fn plan_bot(
     check(&set, "InputBot", &namespace, &name)?;
     let resolved = resolve::resolve_bot(bot);
     let mut plan = Plan::new(Owner::of("InputBot", bot, &name));
-    plan.topics.push(topic(resolved.topic.clone(), bot.spec.topic.as_ref(), settings));
+    plan.topics.push(topic(
+        resolved.topic.clone(),
+        bot.spec.topic.as_ref(),
+        settings,
+    ));
     plan.output_topic = Some(resolved.topic.clone());
 
     // Push sources (webhook) and consumer sources (kafka) scale out; poll and schedule must
@@ -254,7 +257,9 @@ pub fn plan_bot(
             sources: pushed.clone(),
             ..resolved.clone()
         });
-        add_component(&mut plan, settings, caps, "ingest", "ingest", &config, workload, None, None);
+        add_component(
+            &mut plan, settings, caps, "ingest", "ingest", &config, workload, None, None,
+        );
         let min_replicas = workload
             .and_then(|w| {
                 w.autoscaling
@@ -267,9 +272,10 @@ pub fn plan_bot(
         plan.children
             .push(Child::Service(service::service(&owner, "ingest")));
         if min_replicas > 1 {
-            plan.children.push(Child::PodDisruptionBudget(
-                service::disruption_budget(&owner, "ingest"),
-            ));
+            plan.children
+                .push(Child::PodDisruptionBudget(service::disruption_budget(
+                    &owner, "ingest",
+                )));
         }
         let paths: Vec<String> = pushed
             .iter()
@@ -277,8 +283,9 @@ pub fn plan_bot(
             .collect();
         let expose = bot.spec.ingest.as_ref().and_then(|i| i.expose.as_ref());
         if let (Some(expose), false) = (expose, paths.is_empty()) {
-            plan.children
-                .push(Child::Ingress(ingress::ingress(&owner, "ingest", expose, &paths)));
+            plan.children.push(Child::Ingress(ingress::ingress(
+                &owner, "ingest", expose, &paths,
+            )));
         }
         for s in &pushed {
             if let Some(w) = &s.webhook {
@@ -347,8 +354,10 @@ pub fn plan_pipeline(
     let resolved = resolve::resolve_pipeline(pipeline);
     let mut plan = Plan::new(Owner::of("Pipeline", pipeline, &bot.name_any()));
     let own = pipeline.spec.topic.as_ref();
-    plan.topics.push(topic(resolved.output_topic.clone(), own, settings));
-    plan.topics.push(topic(resolved.dead_letter_topic.clone(), own, settings));
+    plan.topics
+        .push(topic(resolved.output_topic.clone(), own, settings));
+    plan.topics
+        .push(topic(resolved.dead_letter_topic.clone(), own, settings));
     plan.input_topic = Some(resolved.input_topic.clone());
     plan.output_topic = Some(resolved.output_topic.clone());
     plan.dead_letter_topic = Some(resolved.dead_letter_topic.clone());
@@ -451,7 +460,12 @@ pub fn render_files(
             .iter()
             .find(|b| b.name_any() == name && self::ns(*b) == ns)
     };
-    fn push(out: &mut Vec<Value>, errors: &mut Vec<String>, result: Result<Plan, PlanError>, what: String) {
+    fn push(
+        out: &mut Vec<Value>,
+        errors: &mut Vec<String>,
+        result: Result<Plan, PlanError>,
+        what: String,
+    ) {
         match result {
             Ok(plan) => out.extend(plan.children.into_iter().map(|c| c.with_hash().0)),
             Err(e) => errors.push(format!("{what}: {e}")),
@@ -468,7 +482,12 @@ pub fn render_files(
     for p in &set.pipelines {
         let what = format!("Pipeline {}/{}", ns(p), p.name_any());
         match find_bot(&ns(p), &p.spec.bot_ref.name) {
-            Some(bot) => push(&mut out, &mut errors, plan_pipeline(p, bot, settings, caps), what),
+            Some(bot) => push(
+                &mut out,
+                &mut errors,
+                plan_pipeline(p, bot, settings, caps),
+                what,
+            ),
             None => errors.push(format!(
                 "{what}: spec.botRef: InputBot {:?} is not in the files",
                 p.spec.bot_ref.name
@@ -483,16 +502,35 @@ pub fn render_files(
                 .iter()
                 .find(|p| p.name_any() == r.name && ns(*p) == ns(b))
                 .map(|p| BindingInputs::Pipeline(p, find_bot(&ns(p), &p.spec.bot_ref.name)))
-                .ok_or_else(|| format!("{what}: spec.pipelineRef: Pipeline {:?} is not in the files", r.name)),
+                .ok_or_else(|| {
+                    format!(
+                        "{what}: spec.pipelineRef: Pipeline {:?} is not in the files",
+                        r.name
+                    )
+                }),
             (None, Some(r)) => find_bot(&ns(b), &r.name)
                 .map(BindingInputs::Bot)
-                .ok_or_else(|| format!("{what}: spec.botRef: InputBot {:?} is not in the files", r.name)),
+                .ok_or_else(|| {
+                    format!(
+                        "{what}: spec.botRef: InputBot {:?} is not in the files",
+                        r.name
+                    )
+                }),
             (None, None) => Err(format!("{what}: spec: set pipelineRef or botRef")),
         };
         match inputs {
-            Ok(inputs) => push(&mut out, &mut errors, plan_binding(b, inputs, settings, caps), what),
+            Ok(inputs) => push(
+                &mut out,
+                &mut errors,
+                plan_binding(b, inputs, settings, caps),
+                what,
+            ),
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
