@@ -244,6 +244,28 @@ async fn admin_mode_second_ensure_changes_nothing_and_keeps_config_set_by_others
 }
 
 #[tokio::test]
+async fn admin_mode_two_ensures_racing_to_create_a_topic_both_succeed() {
+    // Two provisioners (two operator replicas, or a restart mid-create): both read "missing",
+    // both create; the loser's "already exists" is success.
+    let first = admin_provisioner();
+    let second = admin_provisioner();
+    let broker = Broker::connect();
+    let topic = topic_name("raw");
+    let owner = owner("e2e", "bot");
+    let wanted = [request(&topic, 3)];
+
+    let (a, b) = tokio::join!(
+        first.ensure(&owner, &wanted),
+        second.ensure(&owner, &wanted)
+    );
+    assert_eq!(a.expect("the first ensure"), [ready(&topic, 3)]);
+    assert_eq!(b.expect("the second ensure"), [ready(&topic, 3)]);
+    broker.wait_partitions(&topic, Some(3)).await;
+
+    first.delete(&owner, &[topic]).await.expect("cleanup");
+}
+
+#[tokio::test]
 async fn admin_mode_delete_removes_topics_and_a_second_delete_succeeds() {
     let provisioner = admin_provisioner();
     let broker = Broker::connect();
