@@ -356,8 +356,8 @@ create_node() {
   },
   "spec": {},
   "status": {
-    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "5000"},
+    "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "5000"}
   }
 }
 EOF

@@ -170,7 +170,11 @@ pub struct RunSettings {
     #[arg(long, env = "INPUTBOT_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Seconds a leader's Lease is valid without renewal; a standby takes over after that.
-    #[arg(long, env = "INPUTBOT_LEASE_DURATION", default_value_t = 12)]
+    #[arg(
+        long = "lease-duration",
+        env = "INPUTBOT_LEASE_DURATION",
+        default_value_t = 12
+    )]
     pub lease_duration_seconds: u64,
     /// Identity in the Lease; default: the pod name (`POD_NAME`) or the host name plus pid.
     #[arg(long, env = "POD_NAME")]

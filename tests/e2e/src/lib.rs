@@ -32,6 +32,8 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
 
+pub mod operator;
+
 /// The field manager of every server-side apply made by the tests.
 pub const FIELD_MANAGER: &str = "inputbot-e2e";
 
