@@ -105,9 +105,9 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// A scheduler for source `source` of bot `bot` (`namespace/name`). The cron expression is
-    /// parsed with [`inputbot_api::resolve::parse_cron`]; the time zone defaults to UTC.
+    /// parsed with [`inputbot_api::defaults::parse_cron`]; the time zone defaults to UTC.
     pub fn new(bot: &str, source: &str, spec: &ScheduleSource) -> Result<Self, ScheduleError> {
-        let cron = inputbot_api::resolve::parse_cron(&spec.cron).map_err(ScheduleError::Cron)?;
+        let cron = inputbot_api::defaults::parse_cron(&spec.cron).map_err(ScheduleError::Cron)?;
         let tz = match &spec.time_zone {
             Some(name) => name
                 .parse::<Tz>()
