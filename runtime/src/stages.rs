@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     actions::{self, ActionImpl},
     bus::{Bus, Consumer, Message},
-    delivery::{Deliverer, GiveUp, Outcome},
+    delivery::{Deliverer, GiveUp, Outcome, until_stored},
     dlq::{DeadLetter, ErrorInfo, FailedAt},
     event::Event,
     metrics::{self, Metrics},
@@ -68,28 +68,6 @@ fn resource_label(id: &ResourceId) -> String {
 
 /// How long a dead letter is retried after shutdown cut deliveries short.
 const DEAD_LETTER_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Retries a bus write until it succeeds or `shutdown` fires; returns whether it succeeded.
-async fn until_stored<F, Fut>(what: &str, shutdown: &CancellationToken, mut write: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), crate::bus::BusError>>,
-{
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match write().await {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(target: "inputbot::stage", "{what} failed, retrying in {delay:?}: {e}");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return false,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
 
 /// Runs `handle` for each message with at most `max_in_flight` at once, until the consumer
 /// ends or `stop` fires; then waits for what is in flight.

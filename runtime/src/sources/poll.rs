@@ -726,10 +726,7 @@ impl Poller {
 
 /// The wait before the next poll after `failures` failures in a row.
 fn backoff(interval: Duration, failures: u32) -> Duration {
-    let cap = interval.saturating_mul(10);
-    interval
-        .saturating_mul(2u32.saturating_pow(failures.min(16)))
-        .min(cap)
+    crate::delivery::retry::exponential_backoff(interval, failures, interval.saturating_mul(10))
 }
 
 fn header_text(headers: &header::HeaderMap, name: header::HeaderName) -> Option<String> {
