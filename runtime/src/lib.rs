@@ -12,6 +12,7 @@ pub mod event;
 pub mod intake;
 pub mod local;
 pub mod metrics;
+pub mod outbound;
 pub mod secrets;
 pub mod sources;
 pub mod stages;

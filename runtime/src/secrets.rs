@@ -91,6 +91,16 @@ impl Secrets {
         Ok(text.trim_end_matches(['\n', '\r']).to_owned())
     }
 
+    /// `Secret ns/name key "k"` (the namespace when known): how messages name a reference.
+    pub fn label(&self, r: &SecretKeyRef) -> String {
+        match self {
+            Secrets::Manifests { namespace, .. } => {
+                format!("Secret {namespace}/{} key {:?}", r.name, r.key)
+            }
+            Secrets::Mounted { .. } => format!("Secret {} key {:?}", r.name, r.key),
+        }
+    }
+
     /// A closure form for constructors that take `&dyn Fn(&SecretKeyRef) -> Result<Vec<u8>, String>`.
     pub fn resolver(&self) -> impl Fn(&SecretKeyRef) -> Result<Vec<u8>, String> + '_ {
         move |r| self.get(r).map_err(|e| e.to_string())

@@ -274,7 +274,7 @@ impl Notifier {
             }
         };
         let request = self.client.post(&self.url).json(&json!({"text": text}));
-        if let Err(e) = actions::send(&self.client, request, self.timeout, "").await {
+        if let Err(e) = crate::outbound::send(&self.client, request, self.timeout, "").await {
             // `e.message` names the URL; say what failed without it.
             let why = match (e.status, &e.class) {
                 (Some(status), _) => format!("HTTP {status}"),

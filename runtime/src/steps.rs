@@ -267,7 +267,7 @@ impl Enricher {
         Ok(Self {
             url: Template::compile(&spec.url, Scope::Event).map_err(|e| ("url".to_owned(), e))?,
             method: spec.method.unwrap_or_default(),
-            headers: crate::actions::resolve_headers(&spec.headers, secrets, "headers")
+            headers: crate::outbound::resolve_headers(&spec.headers, secrets, "headers")
                 .map_err(|e| ("headers".to_owned(), e.to_string()))?,
             body: spec
                 .body
@@ -329,14 +329,14 @@ impl Enricher {
         }
         .headers(self.headers.clone())
         .header("accept", "application/json");
-        let (_, _, bytes) = crate::actions::send(&self.client, request, self.timeout, "enrich")
+        let (_, _, bytes) = crate::outbound::send(&self.client, request, self.timeout, "enrich")
             .await
             .map_err(|e| (e.message, e.status))?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             (
                 format!(
                     "enrich response from {} is not JSON: {e}",
-                    strip_query(&url)
+                    crate::outbound::redact_url_str(&url)
                 ),
                 None,
             )
@@ -353,8 +353,4 @@ impl Enricher {
         }
         Ok(value)
     }
-}
-
-fn strip_query(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
 }

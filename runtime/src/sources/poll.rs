@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use inputbot_api::bot::PollSource;
+use inputbot_api::{bot::PollSource, config::FailureClass};
 use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::Sink;
-use crate::{bus::BusError, event::Event, secrets::Secrets};
+use crate::{bus::BusError, event::Event, outbound, secrets::Secrets};
 
 /// How many item ids a poller remembers; the least recently seen are forgotten first.
 pub const SEEN_CAPACITY: usize = 10_000;
@@ -307,7 +307,7 @@ impl Poller {
                 message: format!("expected an http or https URL, found {:?}", spec.url),
             });
         }
-        let display_url = redact(&url);
+        let display_url = outbound::redact_url(&url);
         let interval = spec
             .interval
             .to_std()
@@ -500,7 +500,7 @@ impl Poller {
         if let Some(lm) = &self.last_modified {
             request = request.header(header::IF_MODIFIED_SINCE, lm);
         }
-        let mut response = request.send().await.map_err(|e| self.request_error(e))?;
+        let response = request.send().await.map_err(|e| self.request_error(e))?;
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED || status == StatusCode::NO_CONTENT {
             return Ok(0);
@@ -514,15 +514,14 @@ impl Poller {
         let etag = header_text(response.headers(), header::ETAG);
         let last_modified = header_text(response.headers(), header::LAST_MODIFIED);
 
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.request_error(e))? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(PollError::TooLarge {
-                    url: self.display_url.clone(),
-                    limit: MAX_BODY_BYTES,
-                });
-            }
-            body.extend_from_slice(&chunk);
+        let (body, complete) = outbound::read_limited(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| self.request_error(e))?;
+        if !complete {
+            return Err(PollError::TooLarge {
+                url: self.display_url.clone(),
+                limit: MAX_BODY_BYTES,
+            });
         }
         let fingerprint = hex::encode(Sha256::digest(&body));
         if self.id_field.is_none() && self.body_sha256.as_deref() == Some(fingerprint.as_str()) {
@@ -651,24 +650,18 @@ impl Poller {
         }
     }
 
+    /// A failed exchange, classified as every outbound call is ([`outbound::failure_class`]);
+    /// a poll has no use for "the request's fault", so that counts as a connection failure.
     fn request_error(&self, e: reqwest::Error) -> PollError {
-        if e.is_timeout() {
-            return PollError::Timeout {
+        match outbound::failure_class(&e) {
+            FailureClass::Timeout => PollError::Timeout {
                 url: self.display_url.clone(),
                 timeout: self.timeout,
-            };
-        }
-        let e = e.without_url();
-        let mut message = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
-            cause = c.source();
-        }
-        PollError::Connection {
-            url: self.display_url.clone(),
-            message,
+            },
+            _ => PollError::Connection {
+                url: self.display_url.clone(),
+                message: outbound::chain(&e.without_url()),
+            },
         }
     }
 
@@ -734,15 +727,6 @@ fn header_text(headers: &header::HeaderMap, name: header::HeaderName) -> Option<
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-/// The URL without its password, for errors and logs.
-fn redact(url: &Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some("***"));
-    }
-    shown.to_string()
 }
 
 fn state_error(path: &Path, message: String) -> PollError {
@@ -1438,11 +1422,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn urls_in_errors_hide_passwords() {
-        let url = Url::parse("http://user:pw@127.0.0.1/feed").unwrap();
-        assert_eq!(redact(&url), "http://user:***@127.0.0.1/feed");
     }
 }
