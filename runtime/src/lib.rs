@@ -3,13 +3,11 @@
 //! process with `inputbot run`. `inputbot validate` checks files before anyone applies them.
 
 pub mod actions;
-pub mod auth;
 pub mod bus;
 pub mod check;
 pub mod delivery;
 pub mod dlq;
 pub mod event;
-pub mod intake;
 pub mod local;
 pub mod metrics;
 pub mod outbound;

@@ -30,13 +30,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bus::{Bus, BusError, EmbeddedBus, EmbeddedOptions},
     event::Event,
-    intake::{Health, Intake, IntakeError},
     metrics::{self, Metrics},
     secrets::Secrets,
     sources::{
         Sink,
         poll::Poller,
         schedule::{Scheduler, SystemClock},
+        webhook::{Health, Intake, IntakeError},
     },
     stages::{ActStage, ProcessStage, StageError},
 };

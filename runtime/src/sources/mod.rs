@@ -1,5 +1,5 @@
-//! Sources that produce events by themselves: HTTP polling and cron schedules. (Webhooks are
-//! served by [`crate::intake`]; Kafka sources come with the Kafka bus.) Each runs as a task
+//! Sources that produce events by themselves: HTTP polling and cron schedules, and the webhook
+//! source served over HTTP ([`webhook`]). (Kafka sources come with the Kafka bus.) Each runs as a task
 //! until shutdown and hands its events to a [`Sink`], which publishes them to the bot's raw
 //! topic and returns only once the bus holds them.
 
@@ -11,6 +11,7 @@ use crate::{bus::BusError, event::Event};
 
 pub mod poll;
 pub mod schedule;
+pub mod webhook;
 
 /// Where a source's events go: the bot's raw topic, with metrics and the run summary.
 pub trait Sink: Send + Sync {
