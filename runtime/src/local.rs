@@ -20,6 +20,7 @@ use std::{
 
 use futures::future::BoxFuture;
 use inputbot_api::{
+    bot::SourceKind,
     manifest::ResourceSet,
     names, resolve,
     validate::{Options, Problem},
@@ -33,9 +34,7 @@ use crate::{
     metrics::{self, Metrics},
     secrets::Secrets,
     sources::{
-        Sink,
-        poll::Poller,
-        schedule::{Scheduler, SystemClock},
+        self, Sink, SourceContext,
         webhook::{Health, Intake, IntakeError},
     },
     stages::{ActStage, ProcessStage, StageError},
@@ -248,38 +247,26 @@ impl Engine {
                     field: format!("spec.sources[{i}].{field}"),
                     message,
                 };
-                if let Some(k) = &source.kafka {
-                    return Err(unsupported(
-                        "kafka",
-                        format!(
-                            "a Kafka source (topic {}) needs the Kafka bus; `inputbot run` uses the embedded bus, which has none. Run this bot on a cluster, or replace the source with a webhook to try it locally",
-                            k.topic
-                        ),
-                    ));
-                }
-                if !options.sources {
+                let is_kafka = matches!(source.kind(), Some(SourceKind::Kafka(_)));
+                if !options.sources && !is_kafka {
                     continue;
                 }
-                if let Some(p) = &source.poll {
-                    let state = options.data_dir.join("state").join(format!(
-                        "{}.poll.json",
-                        names::consumer_group(ns, &config.bot.name, &source.name)
-                    ));
-                    let poller = Poller::new(
-                        &bot,
-                        &source.name,
-                        p,
-                        &secrets(ns),
-                        client.clone(),
-                        Some(state),
-                    )
-                    .map_err(|e| unsupported("poll", e.to_string()))?;
-                    tasks.spawn(poller.run(sink(), stop_sources.clone()));
-                }
-                if let Some(s) = &source.schedule {
-                    let scheduler = Scheduler::new(&bot, &source.name, s)
-                        .map_err(|e| unsupported("schedule", e.to_string()))?;
-                    tasks.spawn(scheduler.run(Arc::new(SystemClock), sink(), stop_sources.clone()));
+                let state = options.data_dir.join("state").join(format!(
+                    "{}.poll.json",
+                    names::consumer_group(ns, &config.bot.name, &source.name)
+                ));
+                let cx = SourceContext {
+                    bot: &bot,
+                    secrets: &secrets(ns),
+                    client: &client,
+                    state: Some(state),
+                    sink: sink(),
+                    shutdown: stop_sources.clone(),
+                };
+                if let Some(task) =
+                    sources::build(source, cx).map_err(|e| unsupported(e.field, e.message))?
+                {
+                    tasks.spawn(task);
                 }
             }
             webhook_bots.push((config.clone(), secrets(ns)));
