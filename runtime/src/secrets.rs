@@ -51,6 +51,38 @@ pub enum Secrets {
     },
 }
 
+/// Where the Secrets of every namespace come from: what a role holds, handing each component
+/// the [`Secrets`] of its namespace.
+#[derive(Clone)]
+pub enum SecretStore {
+    /// From Secret manifests in the given files (local runs).
+    Manifests(Arc<ResourceSet>),
+    /// From files mounted by the operator (`<dir>/<secret>/<key>`).
+    Mounted(PathBuf),
+}
+
+impl SecretStore {
+    /// The Secrets of one namespace.
+    pub fn namespace(&self, namespace: &str) -> Secrets {
+        match self {
+            SecretStore::Manifests(set) => Secrets::Manifests {
+                set: set.clone(),
+                namespace: namespace.to_owned(),
+            },
+            SecretStore::Mounted(dir) => Secrets::Mounted { dir: dir.clone() },
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretStore::Manifests(_) => f.write_str("SecretStore::Manifests"),
+            SecretStore::Mounted(dir) => write!(f, "SecretStore::Mounted({})", dir.display()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
