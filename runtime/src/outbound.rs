@@ -23,7 +23,7 @@ use inputbot_api::{common::Headers, config::FailureClass};
 
 use crate::{
     delivery::AttemptError,
-    secrets::{SecretError, Secrets},
+    secrets::{FieldError, Secrets},
 };
 
 /// [`FailureClass::Other`] (memory stays bounded).
@@ -32,34 +32,6 @@ pub const MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;
 pub const ERROR_BODY_BYTES: usize = 4096;
 /// Characters of an error response body quoted in the message.
 pub const ERROR_BODY_CHARS: usize = 200;
-
-/// Why configured headers cannot be used. Names the header (`<field>.<name>`), never a value.
-#[derive(Debug, thiserror::Error)]
-pub enum HeaderError {
-    /// A name or value HTTP does not allow.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// `<field>.<name>`, e.g. `http.headers.Authorization`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A referenced Secret value could not be read.
-    #[error("{field}: {error}")]
-    Secret {
-        /// `<field>.<name>.secretRef`.
-        field: String,
-        /// Why it could not be read (names the Secret and key only).
-        error: SecretError,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> HeaderError {
-    HeaderError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
 
 /// Builds and sends `request`: the form used by the enrich step and the dead-letter notice.
 ///
@@ -103,30 +75,30 @@ pub fn resolve_headers(
     headers: &Headers,
     secrets: &Secrets,
     field: &str,
-) -> Result<HeaderMap, HeaderError> {
+) -> Result<HeaderMap, FieldError> {
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         let here = format!("{field}.{name}");
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            invalid(
+            FieldError::invalid(
                 &here,
                 "not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
             )
         })?;
         let value = match (&value.value, &value.secret_ref) {
             (Some(literal), None) => HeaderValue::from_str(literal).map_err(|_| {
-                invalid(
+                FieldError::invalid(
                     &here,
                     "the value is not a valid header value (visible ASCII characters and spaces only)",
                 )
             })?,
             (None, Some(secret)) => {
-                let text = secrets.get_string(secret).map_err(|error| HeaderError::Secret {
+                let text = secrets.get_string(secret).map_err(|error| FieldError::Secret {
                     field: format!("{here}.secretRef"),
                     error,
                 })?;
                 let mut value = HeaderValue::from_str(&text).map_err(|_| {
-                    invalid(
+                    FieldError::invalid(
                         format!("{here}.secretRef"),
                         format!(
                             "{} holds a value that is not a valid header value (visible ASCII characters and spaces only)",
@@ -137,7 +109,7 @@ pub fn resolve_headers(
                 value.set_sensitive(true);
                 value
             }
-            _ => return Err(invalid(&here, "set exactly one of value or secretRef")),
+            _ => return Err(FieldError::invalid(&here, "set exactly one of value or secretRef")),
         };
         out.append(header, value);
     }

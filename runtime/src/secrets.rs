@@ -34,6 +34,38 @@ pub enum SecretError {
     },
 }
 
+/// Why a field of a spec cannot be used when a component is built: its value, or the Secret
+/// it references. Names the field (and the Secret and key), never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    /// A field has a value the runtime cannot use.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, e.g. `http.url` or `http.headers.Authorization`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A referenced Secret value could not be read.
+    #[error("{field}: {error}")]
+    Secret {
+        /// The field holding the reference, e.g. `slack.webhookSecretRef`.
+        field: String,
+        /// Why it could not be read (names the Secret and key only).
+        error: SecretError,
+    },
+}
+
+impl FieldError {
+    /// [`FieldError::Invalid`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Resolves Secret references of one namespace.
 #[derive(Clone)]
 pub enum Secrets {

@@ -24,7 +24,7 @@ use crate::{
     delivery::AttemptError,
     event::Event,
     outbound::{human, one_line},
-    secrets::Secrets,
+    secrets::{FieldError, Secrets},
 };
 
 pub(super) struct EmailImpl {
@@ -87,7 +87,7 @@ impl EmailImpl {
             (Some(username), Some(secret)) => {
                 let password = secrets
                     .get_string(secret)
-                    .map_err(|error| BuildError::Secret {
+                    .map_err(|error| FieldError::Secret {
                         field: "email.smtp.passwordSecretRef".to_owned(),
                         error,
                     })?;

@@ -60,8 +60,7 @@ pub use crate::outbound::{MAX_RESPONSE_BYTES, parse_retry_after, resolve_headers
 use crate::{
     delivery::AttemptError,
     event::Event,
-    outbound::HeaderError,
-    secrets::{SecretError, Secrets},
+    secrets::{FieldError, Secrets},
 };
 
 /// Default timeout of one HTTP or Slack attempt.
@@ -95,22 +94,9 @@ impl fmt::Debug for dyn ActionImpl {
 /// contains a Secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// A field has a value the runtime cannot use.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The field, e.g. `http.url` or `http.headers.Authorization`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A referenced Secret value could not be read.
-    #[error("{field}: {error}")]
-    Secret {
-        /// The field holding the reference, e.g. `slack.webhookSecretRef`.
-        field: String,
-        /// Why it could not be read (names the Secret and key only).
-        error: SecretError,
-    },
+    /// A field cannot be used: its value, or the Secret it references.
+    #[error(transparent)]
+    Field(#[from] FieldError),
     /// Kafka actions need the Kafka bus; they are built by it, not here.
     #[error(
         "kafka.topic: writing to Kafka topic {topic:?} needs the Kafka bus, and the local embedded run has none; run the binding in a cluster (the act role) or use another action locally"
@@ -126,10 +112,7 @@ pub enum BuildError {
 
 impl BuildError {
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        BuildError::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
+        BuildError::Field(FieldError::invalid(field, message))
     }
 }
 
@@ -148,15 +131,6 @@ pub fn build(
             topic: kafka.topic.clone(),
         }),
         ActionKind::Log(log) => Ok(Arc::new(LogImpl::build(log)?)),
-    }
-}
-
-impl From<HeaderError> for BuildError {
-    fn from(e: HeaderError) -> Self {
-        match e {
-            HeaderError::Invalid { field, message } => BuildError::Invalid { field, message },
-            HeaderError::Secret { field, error } => BuildError::Secret { field, error },
-        }
     }
 }
 

@@ -12,7 +12,12 @@ use inputbot_api::{
 use serde_json::json;
 
 use super::{ActionImpl, BuildError, DEFAULT_HTTP_TIMEOUT, other, timeout_of};
-use crate::{delivery::AttemptError, event::Event, outbound::send_request, secrets::Secrets};
+use crate::{
+    delivery::AttemptError,
+    event::Event,
+    outbound::send_request,
+    secrets::{FieldError, Secrets},
+};
 
 pub(super) struct SlackImpl {
     /// The webhook URL: a credential. Never in a message or in `Debug`.
@@ -45,7 +50,7 @@ impl SlackImpl {
         let label = secrets.label(&spec.webhook_secret_ref);
         let raw = secrets
             .get_string(&spec.webhook_secret_ref)
-            .map_err(|error| BuildError::Secret {
+            .map_err(|error| FieldError::Secret {
                 field: field.to_owned(),
                 error,
             })?;

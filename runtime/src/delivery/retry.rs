@@ -10,8 +10,6 @@ pub use inputbot_api::config::exponential_backoff;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::BusError;
-
 /// The delay before retry number `retry` (1 for the first retry, i.e. before attempt 2).
 ///
 /// The policy's backoff ([`RetryPolicy::base_delay`], exponential or fixed, capped at
@@ -48,12 +46,13 @@ const STORE_RETRY_INITIAL: Duration = Duration::from_millis(50);
 /// Longest wait of [`until_stored`].
 const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Retries a bus write until it succeeds or `shutdown` fires; returns whether it succeeded.
+/// Retries a bus write (any write whose error can be shown) until it succeeds or `shutdown` fires; returns whether it succeeded.
 /// Waits 50 ms after the first failure, doubling up to 5 s.
-pub async fn until_stored<F, Fut>(what: &str, shutdown: &CancellationToken, mut write: F) -> bool
+pub async fn until_stored<F, Fut, E>(what: &str, shutdown: &CancellationToken, mut write: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), BusError>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut failures = 0;
     loop {

@@ -19,7 +19,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use super::{
     AuthConfigError, AuthError, BASE64, DEFAULT_TOLERANCE, REPLAY_CAPACITY,
-    UNTIMESTAMPED_REPLAY_WINDOW, Verified, header_name,
+    UNTIMESTAMPED_REPLAY_WINDOW, Verified, header_name, non_empty,
     presets::{self, Layout, Preset},
     replay::ReplayTable,
     resolve, sha256,
@@ -128,13 +128,7 @@ impl HmacVerifier {
                         name: r.name.clone(),
                         key: r.key.clone(),
                     })?;
-                if value.is_empty() {
-                    return Err(AuthConfigError::EmptySecret {
-                        field,
-                        name: r.name.clone(),
-                        key: r.key.clone(),
-                    });
-                }
+                value = non_empty(value, field, r)?;
             }
             secrets.push(value);
         }

@@ -317,6 +317,11 @@ pub(super) fn resolve(
         key: r.key.clone(),
         reason,
     })?;
+    non_empty(value, field, r)
+}
+
+/// `value`, unless it is empty: an empty secret would accept any signature made with it.
+fn non_empty(value: Vec<u8>, field: String, r: &SecretKeyRef) -> Result<Vec<u8>, AuthConfigError> {
     if value.is_empty() {
         return Err(AuthConfigError::EmptySecret {
             field,
