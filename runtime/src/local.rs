@@ -12,7 +12,7 @@
 //! dead-lettered (class `shutdown`, so `dlq redrive` can finish them), then everything stops.
 //!
 //! `inputbot dlq redrive` starts the same roles with the sources off and hands the dead letters
-//! back through the embedded bus ([`redrive`]).
+//! back through the embedded bus ([`redrive()`]).
 
 use std::{
     net::SocketAddr,

@@ -13,7 +13,7 @@
 //! the embedded bus; in a cluster each Deployment runs one role on the Kafka bus.
 //!
 //! A consuming role reads its topic as a consumer group, handles up to `max_in_flight` events
-//! at once ([`consume`]), and acknowledges an event only after it was fully handled: produced
+//! at once (`consume`), and acknowledges an event only after it was fully handled: produced
 //! downstream, delivered, filtered, or written to the dead-letter store. Publishing downstream
 //! and writing dead letters are retried until they succeed or the role stops
 //! ([`until_stored`](crate::delivery::until_stored)); an event whose outcome could not be stored

@@ -1,3 +1,7 @@
+//! Tests of the poll source against a local HTTP server: validators (ETag, Last-Modified),
+//! dedupe by id and by content, items paths, failures and backoff, the state file, and what
+//! an emit failure leaves behind.
+
 use std::sync::{
     Mutex,
     atomic::{AtomicUsize, Ordering},
