@@ -188,17 +188,23 @@ pub struct RetryPolicy {
     pub honor_retry_after: bool,
 }
 
+/// `initial × 2^doublings`, at most `max`: the one exponential backoff of inputbot, used by
+/// delivery retries, bus writes that must not be lost, and polls after failures.
+pub fn exponential_backoff(initial: Duration, doublings: u32, max: Duration) -> Duration {
+    initial
+        .saturating_mul(2u32.saturating_pow(doublings.min(31)))
+        .min(max)
+}
+
 impl RetryPolicy {
     /// The delay before retry number `retry` (1 for the first retry), before jitter.
     pub fn base_delay(&self, retry: u32) -> Duration {
-        let delay = match self.backoff {
-            Backoff::Fixed => self.initial_delay,
+        match self.backoff {
+            Backoff::Fixed => self.initial_delay.min(self.max_delay),
             Backoff::Exponential => {
-                let factor = 2u32.saturating_pow(retry.saturating_sub(1).min(31));
-                self.initial_delay.saturating_mul(factor)
+                exponential_backoff(self.initial_delay, retry.saturating_sub(1), self.max_delay)
             }
-        };
-        delay.min(self.max_delay)
+        }
     }
 
     /// Whether a failure of this class is retried.

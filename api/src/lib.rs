@@ -18,6 +18,7 @@ pub mod bot;
 pub mod common;
 pub mod config;
 pub mod crd;
+pub mod defaults;
 pub mod expr;
 pub mod manifest;
 pub mod names;

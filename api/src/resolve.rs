@@ -13,16 +13,14 @@ use crate::{
         ActConfig, BreakerPolicy, DeliveryPolicy, IngestConfig, NamedStep, ProcessConfig, Resolved,
         ResourceId, RetryOn, RetryPolicy,
     },
+    defaults::namespace_of as namespace,
     manifest::ResourceSet,
     names,
-    pipeline::Step,
     validate::{self, Options, Problem, Severity},
 };
 
-/// Partitions of a topic when the resource does not say.
-pub const DEFAULT_PARTITIONS: i32 = 6;
-/// Events processed concurrently by a process or act replica when the resource does not say.
-pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+// Kept here too, where the operator and older callers look for them.
+pub use crate::defaults::{DEFAULT_MAX_IN_FLIGHT, DEFAULT_PARTITIONS, parse_cron, step_name};
 
 /// Validates and resolves every resource of the set. Errors stop resolution; warnings do not.
 pub fn resolve(set: &ResourceSet, options: Options) -> Result<Resolved, Vec<Problem>> {
@@ -38,10 +36,6 @@ pub fn resolve(set: &ResourceSet, options: Options) -> Result<Resolved, Vec<Prob
         process: set.pipelines.iter().map(resolve_pipeline).collect(),
         act: set.bindings.iter().map(resolve_binding).collect(),
     })
-}
-
-fn namespace<K: kube::Resource>(r: &K) -> String {
-    r.namespace().unwrap_or_else(|| "default".to_owned())
 }
 
 /// The ingest config of a validated bot.
@@ -156,26 +150,4 @@ pub fn resolve_binding(b: &ActionBinding) -> ActConfig {
         notify: b.spec.notify.clone(),
         max_in_flight: DEFAULT_MAX_IN_FLIGHT,
     }
-}
-
-/// A step's name: its own, or `<kind>-<position>` (1-based).
-pub fn step_name(step: &Step, index: usize) -> String {
-    match (&step.name, step.kind()) {
-        (Some(name), _) => name.clone(),
-        (None, Some(kind)) => format!("{}-{}", kind.as_str(), index + 1),
-        (None, None) => format!("step-{}", index + 1),
-    }
-}
-
-/// Parses a five-field cron expression (`minute hour day-of-month month day-of-week`).
-pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    let fields = expr.split_whitespace().count();
-    if fields != 5 {
-        return Err(format!(
-            "expected five cron fields (minute hour day-of-month month day-of-week), found {fields} in {expr:?}"
-        ));
-    }
-    croner::parser::CronParser::new()
-        .parse(expr)
-        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
 }

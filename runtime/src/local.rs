@@ -1,15 +1,18 @@
-//! `inputbot run`: every source, step and action of a set of resources in one process, on the
-//! embedded bus, with an HTTP listener for the webhooks, health and metrics.
+//! `inputbot run`: the three roles of a set of resources in one process, on the embedded bus,
+//! with an HTTP listener for the webhooks, health and metrics.
 //!
 //! ```text
-//!  files ─▶ resolve (same code as the operator) ─▶ act stages ─┐ subscribe first, so
-//!                                               ─▶ process stages ┘ nothing published is missed
-//!                                               ─▶ intake (HTTP) + poll + schedule ─▶ bus
+//!  files ─▶ resolve (same code as the operator) ─▶ roles::act     ─┐ subscribe first, so
+//!                                               ─▶ roles::process ─┘ nothing published is missed
+//!                                               ─▶ roles::ingest (HTTP + poll + schedule) ─▶ bus
 //! ```
 //!
 //! Shutdown drains: intake answers 503, sources stop, the bus settles (every accepted event is
 //! delivered, filtered or dead-lettered), deliveries still retrying are cut short and
 //! dead-lettered (class `shutdown`, so `dlq redrive` can finish them), then everything stops.
+//!
+//! `inputbot dlq redrive` starts the same roles with the sources off and hands the dead letters
+//! back through the embedded bus ([`redrive()`]).
 
 use std::{
     net::SocketAddr,
@@ -20,26 +23,28 @@ use std::{
 
 use futures::future::BoxFuture;
 use inputbot_api::{
-    manifest::ResourceSet,
-    names, resolve,
+    manifest::{self, ResourceSet},
+    resolve,
     validate::{Options, Problem},
 };
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
+pub use crate::dlq::redrive::{RedriveError, RedriveOptions, RedriveReport};
 use crate::{
-    bus::{Bus, BusError, EmbeddedBus, EmbeddedOptions},
+    bus::{EmbeddedBus, EmbeddedOptions},
+    dlq::redrive,
     event::Event,
-    intake::{Health, Intake, IntakeError},
-    metrics::{self, Metrics},
-    secrets::Secrets,
-    sources::{
-        Sink,
-        poll::Poller,
-        schedule::{Scheduler, SystemClock},
+    metrics::Metrics,
+    roles::{
+        self, Context, RoleError, Shutdown,
+        ingest::{Ingest, IngestOptions},
     },
-    stages::{ActStage, ProcessStage, StageError},
+    secrets::SecretStore,
+    sources::webhook::Health,
 };
+
+/// The bot `inputbot run` starts when no file is given: examples/quickstart.yaml.
+const QUICKSTART: &str = include_str!("../../examples/quickstart.yaml");
 
 /// Settings of a local run.
 #[derive(Clone, Debug)]
@@ -79,13 +84,10 @@ pub enum RunError {
     /// The resources do not validate.
     #[error("the resources are not valid:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
-    /// A stage could not be built.
+    /// A role could not start.
     #[error(transparent)]
-    Stage(#[from] StageError),
-    /// Intake could not be built.
-    #[error(transparent)]
-    Intake(#[from] IntakeError),
-    /// A source needs something the local run does not have.
+    Role(#[from] RoleError),
+    /// The runtime itself could not be set up.
     #[error("{resource}: {field}: {message}")]
     Unsupported {
         /// Resource.
@@ -95,38 +97,22 @@ pub enum RunError {
         /// Message.
         message: String,
     },
-    /// The bus refused a subscription.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
-/// Publishes a source's events to its bot's raw topic.
-struct BusSink {
-    bus: Arc<dyn Bus>,
-    topic: String,
-    metrics: Arc<Metrics>,
-    labels: metrics::SourceLabels,
-}
-
-impl Sink for BusSink {
-    fn emit(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            self.metrics.received.get_or_create(&self.labels).inc();
-            self.bus.publish(&self.topic, &event).await?;
-            self.metrics.accepted.get_or_create(&self.labels).inc();
-            tracing::info!(target: "inputbot::intake", bot = %self.labels.bot, source = %self.labels.source,
-                event = %event.id, "accepted");
-            Ok(())
-        })
+/// Loads the given files, or the built-in quickstart bot when there are none. Errors are the
+/// loader's, one per problem.
+pub fn load(files: &[PathBuf], namespace: &str) -> Result<ResourceSet, Vec<manifest::LoadError>> {
+    if files.is_empty() {
+        let mut set = ResourceSet::default();
+        manifest::load_str(
+            &mut set,
+            "examples/quickstart.yaml (built in)",
+            QUICKSTART,
+            namespace,
+        )
+        .map(|()| set)
+    } else {
+        manifest::load_files(files, namespace)
     }
 }
 
@@ -136,10 +122,7 @@ pub struct Engine {
     bus: Arc<EmbeddedBus>,
     metrics: Arc<Metrics>,
     health: Health,
-    stop_sources: CancellationToken,
-    stop_http: CancellationToken,
-    stop_stages: CancellationToken,
-    abort: CancellationToken,
+    shutdown: Shutdown,
     tasks: JoinSet<()>,
     server: Option<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
@@ -161,21 +144,15 @@ pub struct ShutdownReport {
 }
 
 impl Engine {
-    /// Validates, resolves and starts everything; returns once the listener is bound.
+    /// Validates, resolves and starts the three roles on the embedded bus; returns once the
+    /// listener is bound.
     pub async fn start(set: ResourceSet, options: LocalOptions) -> Result<Self, RunError> {
         let resolved = resolve::resolve(&set, Options::LOCAL).map_err(RunError::Invalid)?;
-        let set = Arc::new(set);
-        let secrets = |namespace: &str| Secrets::Manifests {
-            set: set.clone(),
-            namespace: namespace.to_owned(),
-        };
         let bus = EmbeddedBus::new(EmbeddedOptions {
             capacity: options.queue_capacity,
             publish_timeout: options.publish_timeout,
             dead_letter_dir: options.data_dir.join("dlq"),
         });
-        let dyn_bus: Arc<dyn Bus> = bus.clone();
-        let metrics = Metrics::new();
         let client = reqwest::Client::builder()
             .user_agent(concat!("inputbot/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -184,150 +161,49 @@ impl Engine {
                 field: "http client".into(),
                 message: e.to_string(),
             })?;
-        let (stop_sources, stop_http, stop_stages, abort) = (
-            CancellationToken::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
+        let cx = Context {
+            bus: bus.clone(),
+            metrics: Metrics::new(),
+            secrets: SecretStore::Manifests(Arc::new(set)),
+            client,
+            health: Health::default(),
+            shutdown: Shutdown::default(),
+            dead_letter_on_shutdown: true,
+        };
         let mut tasks = JoinSet::new();
 
         // Consumers first: an event published before its consumer joined would be lost.
-        for config in &resolved.act {
-            let stage = ActStage::new(
-                config.clone(),
-                &secrets(&config.binding.namespace),
-                client.clone(),
-                dyn_bus.clone(),
-                metrics.clone(),
-                true,
-            )?;
-            let (topic, group) = stage.input();
-            let consumer = bus.subscribe(topic, group)?;
-            tasks.spawn(stage.run(consumer, stop_stages.clone(), abort.clone()));
-        }
-        for config in &resolved.process {
-            let stage = ProcessStage::new(
-                config.clone(),
-                &secrets(&config.pipeline.namespace),
-                client.clone(),
-                dyn_bus.clone(),
-                metrics.clone(),
-            )?;
-            let (topic, group) = stage.input();
-            let consumer = bus.subscribe(topic, group)?;
-            tasks.spawn(stage.run(consumer, stop_stages.clone()));
-        }
+        roles::act::start(&cx, &resolved.act, &mut tasks)?;
+        roles::process::start(&cx, &resolved.process, &mut tasks)?;
         for config in &resolved.process {
             if !bus.has_consumers(&config.output_topic) {
                 tracing::warn!(target: "inputbot::run", "no ActionBinding consumes {} (Pipeline {}): its events end there",
                     config.output_topic, config.pipeline.name);
             }
         }
-
-        // Sources.
-        let mut webhook_bots = Vec::new();
         for config in &resolved.ingest {
-            let ns = &config.bot.namespace;
-            let bot = format!("{ns}/{}", config.bot.name);
             if !bus.has_consumers(&config.topic) {
                 tracing::warn!(target: "inputbot::run", "no Pipeline or ActionBinding consumes {} (InputBot {}): its events end there",
                     config.topic, config.bot.name);
             }
-            for (i, source) in config.sources.iter().enumerate() {
-                let sink = || -> Arc<dyn Sink> {
-                    Arc::new(BusSink {
-                        bus: dyn_bus.clone(),
-                        topic: config.topic.clone(),
-                        metrics: metrics.clone(),
-                        labels: metrics::source(&bot, &source.name),
-                    })
-                };
-                let unsupported = |field: &str, message: String| RunError::Unsupported {
-                    resource: config.bot.to_string(),
-                    field: format!("spec.sources[{i}].{field}"),
-                    message,
-                };
-                if let Some(k) = &source.kafka {
-                    return Err(unsupported(
-                        "kafka",
-                        format!(
-                            "a Kafka source (topic {}) needs the Kafka bus; `inputbot run` uses the embedded bus, which has none. Run this bot on a cluster, or replace the source with a webhook to try it locally",
-                            k.topic
-                        ),
-                    ));
-                }
-                if !options.sources {
-                    continue;
-                }
-                if let Some(p) = &source.poll {
-                    let state = options.data_dir.join("state").join(format!(
-                        "{}.poll.json",
-                        names::consumer_group(ns, &config.bot.name, &source.name)
-                    ));
-                    let poller = Poller::new(
-                        &bot,
-                        &source.name,
-                        p,
-                        &secrets(ns),
-                        client.clone(),
-                        Some(state),
-                    )
-                    .map_err(|e| unsupported("poll", e.to_string()))?;
-                    tasks.spawn(poller.run(sink(), stop_sources.clone()));
-                }
-                if let Some(s) = &source.schedule {
-                    let scheduler = Scheduler::new(&bot, &source.name, s)
-                        .map_err(|e| unsupported("schedule", e.to_string()))?;
-                    tasks.spawn(scheduler.run(Arc::new(SystemClock), sink(), stop_sources.clone()));
-                }
-            }
-            webhook_bots.push((config.clone(), secrets(ns)));
         }
-
-        let health = Health::default();
-        let mut addr = None;
-        let mut server = None;
-        if let Some(listen) = options.listen {
-            let intake = Intake::new(
-                &webhook_bots,
-                dyn_bus.clone(),
-                metrics.clone(),
-                health.clone(),
-            )?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|source| RunError::Listen {
-                    addr: listen,
-                    source,
-                })?;
-            let bound = listener.local_addr().map_err(|source| RunError::Listen {
-                addr: listen,
-                source,
-            })?;
-            for path in intake.paths() {
-                tracing::info!(target: "inputbot::run", "webhook http://{bound}{path}");
-            }
-            let router = intake.router();
-            let stop = stop_http.clone();
-            server = Some(tokio::spawn(async move {
-                let server =
-                    axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-                if let Err(e) = server.await {
-                    tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
-                }
-            }));
-            addr = Some(bound);
-        }
+        let Ingest { addr, server } = roles::ingest::start(
+            &cx,
+            &resolved.ingest,
+            &IngestOptions {
+                listen: options.listen,
+                sources: options.sources,
+                state_dir: options.data_dir.join("state"),
+            },
+            &mut tasks,
+        )
+        .await?;
         Ok(Self {
             addr,
             bus,
-            metrics,
-            health,
-            stop_sources,
-            stop_http,
-            stop_stages,
-            abort,
+            metrics: cx.metrics,
+            health: cx.health,
+            shutdown: cx.shutdown,
             tasks,
             server,
             drain_timeout: options.drain_timeout,
@@ -362,8 +238,8 @@ impl Engine {
     /// Drains and stops (see the module docs).
     pub async fn shutdown(mut self) -> ShutdownReport {
         self.health.drain();
-        self.stop_sources.cancel();
-        self.stop_http.cancel();
+        self.shutdown.sources.cancel();
+        self.shutdown.http.cancel();
         // Requests in flight finish first: an event answered 202 during shutdown is published
         // before the bus is asked to settle.
         if let Some(server) = self.server.take()
@@ -378,9 +254,9 @@ impl Engine {
             tracing::warn!(target: "inputbot::run", outstanding = self.bus.outstanding(),
                 "drain timeout: cutting deliveries short; they are dead-lettered with class \"shutdown\"");
         }
-        self.abort.cancel();
+        self.shutdown.abort.cancel();
         self.bus.settle(Duration::from_secs(10)).await;
-        self.stop_stages.cancel();
+        self.shutdown.consumers.cancel();
         self.bus.close();
         while self.tasks.join_next().await.is_some() {}
         let outstanding = self.bus.outstanding();
@@ -395,186 +271,46 @@ impl Engine {
     }
 }
 
-/// What `dlq redrive` puts back.
-#[derive(Clone, Debug, Default)]
-pub struct RedriveOptions {
-    /// Only this dead-letter topic.
-    pub topic: Option<String>,
-    /// Only records for which this CEL condition (over `data`, `event`, `labels`, `error`) holds.
-    pub filter: Option<String>,
-    /// Records per second.
-    pub rate: f64,
+/// The embedded bus runs the stages that dead letters are put back to.
+impl redrive::Target for EmbeddedBus {
+    fn has_group(&self, topic: &str, group: &str) -> bool {
+        EmbeddedBus::has_group(self, topic, group)
+    }
+
+    fn put_back<'a>(
+        &'a self,
+        topic: &'a str,
+        group: &'a str,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), Box<dyn std::error::Error + Send + Sync>>> {
+        Box::pin(async move {
+            self.publish_to_group(topic, group, event)
+                .await
+                .map_err(Into::into)
+        })
+    }
+
+    fn settle(&self, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(EmbeddedBus::settle(self, timeout))
+    }
 }
 
-/// What `dlq redrive` did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RedriveReport {
-    /// Records put back.
-    pub redriven: usize,
-    /// Of those, dead-lettered again.
-    pub failed_again: usize,
-    /// Records left alone (not selected).
-    pub kept: usize,
-}
-
-/// Why redrive stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RedriveError {
-    /// The bot could not start.
-    #[error(transparent)]
-    Run(#[from] RunError),
-    /// A dead-letter file could not be read or written.
-    #[error(transparent)]
-    Dlq(#[from] crate::dlq::DlqError),
-    /// IO.
-    #[error("cannot rewrite {path}: {source}")]
-    Io {
-        /// File.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// What was put back did not finish; the files were left as they were.
-    #[error(
-        "the redriven events did not finish within an hour; the dead-letter files were left unchanged"
-    )]
-    Unfinished,
-    /// The filter is not a valid CEL condition.
-    #[error("--filter: {0}")]
-    Filter(String),
-    /// A record names a stage that is not in the given files.
-    #[error(
-        "{path}: record {index} failed at {resource} ({stage}), which is not in the given files"
-    )]
-    UnknownStage {
-        /// File.
-        path: String,
-        /// 1-based record.
-        index: usize,
-        /// Resource.
-        resource: String,
-        /// Stage.
-        stage: String,
-    },
-}
-
-/// Puts dead letters back to the stage that failed them, rate-limited, and removes those that
-/// went through; records that fail again are dead-lettered anew.
+/// `inputbot dlq redrive`: starts the bot's stages with its sources off, puts the dead letters
+/// back through the embedded bus ([`redrive::redrive`]), and stops.
 pub async fn redrive(
     set: ResourceSet,
     data_dir: &Path,
     options: &RedriveOptions,
 ) -> Result<RedriveReport, RedriveError> {
-    use inputbot_api::expr::{CelExpr, Scope};
-    let filter = options
-        .filter
-        .as_deref()
-        .map(|f| CelExpr::compile(f, Scope::DeadLetter))
-        .transpose()
-        .map_err(RedriveError::Filter)?;
+    let filter = redrive::filter(options)?;
     let mut local = LocalOptions::new(None, data_dir);
     local.sources = false;
-    let engine = Engine::start(set, local).await?;
-    let interval = Duration::from_secs_f64(1.0 / options.rate.max(0.001));
-    let mut report = RedriveReport::default();
-    // Plan first — the filter and the failed stage of every record — so that a problem found
-    // halfway never leaves some records put back and still in the file.
-    struct Plan {
-        path: PathBuf,
-        records: Vec<crate::dlq::DeadLetter>,
-        selected: Vec<(usize, String)>,
-    }
-    let mut plans = Vec::new();
-    for path in crate::dlq::files(&data_dir.join("dlq")) {
-        let topic = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let records = crate::dlq::read(&path)?;
-        if options.topic.as_deref().is_some_and(|t| t != topic) {
-            report.kept += records.len();
-            continue;
-        }
-        let mut selected = Vec::new();
-        for (i, record) in records.iter().enumerate() {
-            let take = match &filter {
-                Some(f) => {
-                    let vars = record.event.activation().with(
-                        "error",
-                        serde_json::json!({"class": record.error.class, "message": record.error.message,
-                            "status": record.error.status, "attempts": record.error.attempts}),
-                    );
-                    f.eval_bool(&vars).map_err(RedriveError::Filter)?
-                }
-                None => true,
-            };
-            if !take {
-                report.kept += 1;
-                continue;
-            }
-            let r = &record.failed_at.resource;
-            let role = if record.failed_at.stage == "step" {
-                "process"
-            } else {
-                "act"
-            };
-            let group = names::consumer_group(&r.namespace, &r.name, role);
-            if !engine.bus().has_group(&record.input_topic, &group) {
-                return Err(RedriveError::UnknownStage {
-                    path: path.display().to_string(),
-                    index: i + 1,
-                    resource: r.to_string(),
-                    stage: record.failed_at.name.clone(),
-                });
-            }
-            selected.push((i, group));
-        }
-        plans.push(Plan {
-            path,
-            records,
-            selected,
-        });
-    }
-    for plan in &plans {
-        for (i, group) in &plan.selected {
-            let record = &plan.records[*i];
-            engine
-                .bus()
-                .publish_to_group(&record.input_topic, group, &record.event)
-                .await
-                .map_err(|e| RedriveError::Run(RunError::Bus(e)))?;
-            report.redriven += 1;
-            tokio::time::sleep(interval).await;
-        }
-    }
-    if !engine.settle(Duration::from_secs(3600)).await {
-        // Leave every file as it was: what was put back may still be in flight.
+    let engine = Engine::start(set, local)
+        .await
+        .map_err(|e| RedriveError::Start(Box::new(e)))?;
+    let result = redrive::redrive(engine.bus().as_ref(), data_dir, options, filter.as_ref()).await;
+    if matches!(result, Ok(_) | Err(RedriveError::Unfinished)) {
         engine.shutdown().await;
-        return Err(RedriveError::Unfinished);
     }
-    // Remove what was put back; keep what was not selected and what failed again (appended).
-    for Plan {
-        path,
-        records,
-        selected,
-    } in plans
-    {
-        // Read again: records that failed again were appended while the engine ran.
-        let current = crate::dlq::read(&path)?;
-        report.failed_again += current.len().saturating_sub(records.len());
-        let kept: Vec<_> = current
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !selected.iter().any(|(s, _)| s == i))
-            .map(|(_, r)| r)
-            .collect();
-        crate::dlq::rewrite(&path, &kept).map_err(|source| RedriveError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    }
-    engine.shutdown().await;
-    Ok(report)
+    result
 }

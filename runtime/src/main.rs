@@ -1,13 +1,14 @@
-//! `inputbot`: the runtime binary. Thin: parse arguments, start logging, dispatch.
+//! `inputbot`: the runtime binary. Thin: parse arguments, start telemetry, hand over to the
+//! command (`local` for `run` and `dlq redrive`, `validate`, `dlq::inspect`).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use inputbot_api::manifest;
-use inputbot_runtime::{check, dlq, local};
-
-/// The bot `inputbot run` starts when no file is given: examples/quickstart.yaml.
-const QUICKSTART: &str = include_str!("../../examples/quickstart.yaml");
+use clap::{Parser, Subcommand};
+use inputbot_runtime::{
+    dlq, local, roles,
+    telemetry::{self, LogFormat},
+    validate,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,12 +22,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -103,42 +98,11 @@ enum DlqCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("INPUTBOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr; stdout is the log action's (and `dlq inspect`'s) output.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    match format {
-        LogFormat::Text => fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .with_target(false)
-            .compact()
-            .init(),
-        LogFormat::Json => fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .json()
-            .flatten_event(true)
-            .init(),
-    }
-}
-
-fn load(files: &[PathBuf], namespace: &str) -> Result<manifest::ResourceSet, ExitCode> {
-    let loaded = if files.is_empty() {
-        let mut set = manifest::ResourceSet::default();
-        manifest::load_str(
-            &mut set,
-            "examples/quickstart.yaml (built in)",
-            QUICKSTART,
-            namespace,
-        )
-        .map(|()| set)
-    } else {
-        manifest::load_files(files, namespace)
-    };
-    loaded.map_err(|errors| {
+fn load(
+    files: &[PathBuf],
+    namespace: &str,
+) -> Result<inputbot_api::manifest::ResourceSet, ExitCode> {
+    local::load(files, namespace).map_err(|errors| {
         for e in errors {
             eprintln!("error: {e}");
         }
@@ -151,7 +115,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files, namespace } => {
-            let report = check::check_files(&files, &namespace);
+            let report = validate::validate_files(&files, &namespace);
             print!("{}", report.text);
             if report.errors == 0 {
                 ExitCode::SUCCESS
@@ -165,7 +129,7 @@ async fn main() -> ExitCode {
             data_dir,
             namespace,
         } => {
-            init_logging(cli.log_format);
+            telemetry::init(cli.log_format);
             let set = match load(&files, &namespace) {
                 Ok(set) => set,
                 Err(code) => return code,
@@ -182,7 +146,7 @@ async fn main() -> ExitCode {
                 };
             tracing::info!(target: "inputbot::run", "running on http://{} (dead letters in {}); Ctrl-C to stop",
                 engine.addr().map(|a| a.to_string()).unwrap_or_default(), data_dir.join("dlq").display());
-            shutdown_signal().await;
+            roles::signal().await;
             tracing::info!(target: "inputbot::run", "shutting down: finishing accepted events");
             let report = engine.shutdown().await;
             tracing::info!(target: "inputbot::run", drained = report.drained, outstanding = report.outstanding, "stopped");
@@ -195,7 +159,13 @@ async fn main() -> ExitCode {
                     topic,
                     json,
                 },
-        } => inspect(&data_dir, topic.as_deref(), json),
+        } => match dlq::inspect::inspect(&data_dir, topic.as_deref(), json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dlq {
             command:
                 DlqCommand::Redrive {
@@ -207,22 +177,17 @@ async fn main() -> ExitCode {
                     namespace,
                 },
         } => {
-            init_logging(cli.log_format);
+            telemetry::init(cli.log_format);
             let set = match load(&files, &namespace) {
                 Ok(set) => set,
                 Err(code) => return code,
             };
-            match local::redrive(
-                set,
-                &data_dir,
-                &local::RedriveOptions {
-                    topic,
-                    filter,
-                    rate,
-                },
-            )
-            .await
-            {
+            let options = dlq::redrive::RedriveOptions {
+                topic,
+                filter,
+                rate,
+            };
+            match local::redrive(set, &data_dir, &options).await {
                 Ok(r) => {
                     println!(
                         "redriven: {}, dead-lettered again: {}, left alone: {}",
@@ -236,77 +201,5 @@ async fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-fn inspect(data_dir: &std::path::Path, topic: Option<&str>, json: bool) -> ExitCode {
-    let files = dlq::files(&data_dir.join("dlq"));
-    let mut total = 0;
-    for path in files {
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if topic.is_some_and(|t| t != name) {
-            continue;
-        }
-        let records = match dlq::read(&path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        total += records.len();
-        if json {
-            for r in &records {
-                println!("{}", serde_json::to_string(r).unwrap_or_default());
-            }
-            continue;
-        }
-        println!(
-            "{name}: {} dead letter{}",
-            records.len(),
-            if records.len() == 1 { "" } else { "s" }
-        );
-        for r in &records {
-            println!(
-                "  {}  event {}  {} {} {}  {}{} after {} attempt{}: {}",
-                r.dead_lettered_at.format("%Y-%m-%d %H:%M:%S"),
-                r.event.id,
-                r.failed_at.resource,
-                r.failed_at.stage,
-                r.failed_at.name,
-                r.error.class,
-                r.error.status.map(|s| format!(" {s}")).unwrap_or_default(),
-                r.error.attempts,
-                if r.error.attempts == 1 { "" } else { "s" },
-                r.error.message
-            );
-        }
-    }
-    if !json && total == 0 {
-        println!("no dead letters in {}", data_dir.join("dlq").display());
-    }
-    ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

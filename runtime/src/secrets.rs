@@ -34,6 +34,38 @@ pub enum SecretError {
     },
 }
 
+/// Why a field of a spec cannot be used when a component is built: its value, or the Secret
+/// it references. Names the field (and the Secret and key), never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum FieldError {
+    /// A field has a value the runtime cannot use.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field, e.g. `http.url` or `http.headers.Authorization`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A referenced Secret value could not be read.
+    #[error("{field}: {error}")]
+    Secret {
+        /// The field holding the reference, e.g. `slack.webhookSecretRef`.
+        field: String,
+        /// Why it could not be read (names the Secret and key only).
+        error: SecretError,
+    },
+}
+
+impl FieldError {
+    /// [`FieldError::Invalid`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Resolves Secret references of one namespace.
 #[derive(Clone)]
 pub enum Secrets {
@@ -49,6 +81,38 @@ pub enum Secrets {
         /// Directory holding `<secret>/<key>` files.
         dir: PathBuf,
     },
+}
+
+/// Where the Secrets of every namespace come from: what a role holds, handing each component
+/// the [`Secrets`] of its namespace.
+#[derive(Clone)]
+pub enum SecretStore {
+    /// From Secret manifests in the given files (local runs).
+    Manifests(Arc<ResourceSet>),
+    /// From files mounted by the operator (`<dir>/<secret>/<key>`).
+    Mounted(PathBuf),
+}
+
+impl SecretStore {
+    /// The Secrets of one namespace.
+    pub fn namespace(&self, namespace: &str) -> Secrets {
+        match self {
+            SecretStore::Manifests(set) => Secrets::Manifests {
+                set: set.clone(),
+                namespace: namespace.to_owned(),
+            },
+            SecretStore::Mounted(dir) => Secrets::Mounted { dir: dir.clone() },
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretStore::Manifests(_) => f.write_str("SecretStore::Manifests"),
+            SecretStore::Mounted(dir) => write!(f, "SecretStore::Mounted({})", dir.display()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Secrets {
@@ -89,6 +153,16 @@ impl Secrets {
         let bytes = self.get(r)?;
         let text = String::from_utf8_lossy(&bytes);
         Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+    }
+
+    /// `Secret ns/name key "k"` (the namespace when known): how messages name a reference.
+    pub fn label(&self, r: &SecretKeyRef) -> String {
+        match self {
+            Secrets::Manifests { namespace, .. } => {
+                format!("Secret {namespace}/{} key {:?}", r.name, r.key)
+            }
+            Secrets::Mounted { .. } => format!("Secret {} key {:?}", r.name, r.key),
+        }
     }
 
     /// A closure form for constructors that take `&dyn Fn(&SecretKeyRef) -> Result<Vec<u8>, String>`.

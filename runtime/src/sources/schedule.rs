@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Sink;
-use crate::event::Event;
+use crate::{delivery::retry::exponential_backoff, event::Event};
 
 /// Event type when the spec sets none.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.inputbot.schedule";
@@ -105,9 +105,9 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// A scheduler for source `source` of bot `bot` (`namespace/name`). The cron expression is
-    /// parsed with [`inputbot_api::resolve::parse_cron`]; the time zone defaults to UTC.
+    /// parsed with [`inputbot_api::defaults::parse_cron`]; the time zone defaults to UTC.
     pub fn new(bot: &str, source: &str, spec: &ScheduleSource) -> Result<Self, ScheduleError> {
-        let cron = inputbot_api::resolve::parse_cron(&spec.cron).map_err(ScheduleError::Cron)?;
+        let cron = inputbot_api::defaults::parse_cron(&spec.cron).map_err(ScheduleError::Cron)?;
         let tz = match &spec.time_zone {
             Some(name) => name
                 .parse::<Tz>()
@@ -220,7 +220,6 @@ impl Scheduler {
         shutdown: &CancellationToken,
     ) -> bool {
         let event = self.event(at);
-        let mut wait = EMIT_BACKOFF;
         for attempt in 1..=EMIT_ATTEMPTS {
             match sink.emit(event.clone()).await {
                 Ok(()) => {
@@ -243,6 +242,7 @@ impl Scheduler {
                         bot = %self.bot, source = %self.source, scheduled = %at,
                         attempt, error = %e, "the bus refused a scheduled event; retrying"
                     );
+                    let wait = exponential_backoff(EMIT_BACKOFF, attempt - 1, Duration::MAX);
                     let until = clock.now()
                         + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                     tokio::select! {
@@ -250,7 +250,6 @@ impl Scheduler {
                         _ = shutdown.cancelled() => return false,
                         _ = clock.sleep_until(until) => {}
                     }
-                    wait = wait.saturating_mul(2);
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! Webhook intake: the HTTP side of the ingest role.
+//! The webhook source: the HTTP side of the ingest role.
 //!
 //! ```text
 //!  request ─▶ route (404) ─▶ method (405) ─▶ draining? (503) ─▶ rate limit (429)
@@ -11,13 +11,26 @@
 //! Auth, the body limit and the rate limit run before anything parses the body. Every answer
 //! has a JSON body `{"error": {"status", "reason", "message"}}` or `{"id": …}`. A `2xx` is only
 //! sent once the event is durable; when the bus cannot take it the caller gets `503` and the
-//! delivery id is forgotten, so the sender's retry is accepted.
+//! delivery id is forgotten, so the sender's retry is accepted.//!
+//! ```text
+//!  webhook/
+//!   mod.rs          routes (one per webhook path), health and metrics endpoints, accept
+//!   request.rs      the body → an event (JSON, form); refusals and their JSON answer
+//!   cloudevents.rs  the CloudEvents HTTP binding (binary and structured mode), traceparent
+//!   idempotency.rs  idempotency keys: bounded, expiring, confirmed once the bus holds the event
+//!   auth/           signatures and credentials, checked on the raw bytes
+//! ```
+
+pub mod auth;
+mod cloudevents;
+mod idempotency;
+mod request;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::HashMap,
     num::NonZeroU32,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -40,10 +53,13 @@ use inputbot_api::{
 };
 use serde_json::{Value, json};
 
-use crate::{
+use self::{
     auth::{AuthError, WebhookAuthenticator},
+    idempotency::{Claim, Idempotency},
+    request::{Refusal, lower_case_headers, parse},
+};
+use crate::{
     bus::Bus,
-    event::Event,
     metrics::{self, Metrics, RejectLabels},
     secrets::Secrets,
 };
@@ -52,8 +68,6 @@ use crate::{
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
 /// How long intake waits for a request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most idempotency keys remembered per source.
-const IDEMPOTENCY_CAPACITY: usize = 100_000;
 
 /// Why intake could not be set up (names the bot, source and field).
 #[derive(Debug, thiserror::Error)]
@@ -248,50 +262,6 @@ async fn metrics_text(State(intake): State<Arc<Intake>>) -> Response {
         intake.metrics.encode(),
     )
         .into_response()
-}
-
-/// A refusal: status, stable reason, message, and optional extra headers.
-struct Refusal {
-    status: StatusCode,
-    reason: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-    allow: bool,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason,
-            message: message.into(),
-            retry_after: None,
-            allow: false,
-        }
-    }
-
-    fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs.max(1));
-        self
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"status": self.status.as_u16(), "reason": self.reason, "message": self.message}});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, secs.into());
-        }
-        if self.allow {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
-        }
-        response
-    }
 }
 
 async fn webhook(
@@ -565,192 +535,5 @@ async fn accept(
             format!("the event could not be stored; retry later ({join})"),
         )
         .retry_after(5)),
-    }
-}
-
-fn lower_case_headers(headers: &HeaderMap) -> Value {
-    let mut map = serde_json::Map::new();
-    for (name, value) in headers {
-        if let Ok(v) = value.to_str() {
-            map.insert(
-                name.as_str().to_ascii_lowercase(),
-                Value::String(v.to_owned()),
-            );
-        }
-    }
-    Value::Object(map)
-}
-
-/// Turns the body into an event: a CloudEvent (binary or structured mode), a JSON document, or
-/// a form.
-fn parse(route: &Route, headers: &HeaderMap, bytes: &[u8]) -> Result<Event, Refusal> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    let is_cloudevent =
-        headers.contains_key("ce-specversion") || media == "application/cloudevents+json";
-    if is_cloudevent {
-        return parse_cloudevent(route, headers, bytes);
-    }
-    let data = if media.is_empty() || media == "application/json" || media.ends_with("+json") {
-        serde_json::from_slice::<Value>(bytes).map_err(|e| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not JSON: {e}"),
-            )
-        })?
-    } else if media == "application/x-www-form-urlencoded" {
-        let map: serde_json::Map<String, Value> = url::form_urlencoded::parse(bytes)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        Value::Object(map)
-    } else {
-        return Err(Refusal::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "expected application/json, application/x-www-form-urlencoded or a CloudEvent, found {media}"
-            ),
-        ));
-    };
-    let mut event = Event::new(&route.bot, &route.source, &route.event_type, data);
-    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok())
-        && is_traceparent(tp)
-    {
-        event.traceparent = Some(tp.to_owned());
-    }
-    Ok(event)
-}
-
-fn parse_cloudevent(route: &Route, headers: &HeaderMap, bytes: &[u8]) -> Result<Event, Refusal> {
-    use cloudevents::{AttributesReader, event::ExtensionValue};
-    let bad = |m: String| Refusal::new(StatusCode::BAD_REQUEST, "invalid_cloudevent", m);
-    let ce = cloudevents::binding::http::to_event(headers, bytes.to_vec())
-        .map_err(|e| bad(format!("not a valid CloudEvent: {e}")))?;
-    let data = match ce.data() {
-        None => Value::Null,
-        Some(cloudevents::Data::Json(v)) => v.clone(),
-        Some(cloudevents::Data::String(s)) => {
-            serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
-        }
-        Some(cloudevents::Data::Binary(b)) => serde_json::from_slice(b)
-            .map_err(|_| bad("CloudEvent data must be JSON (or a JSON string)".to_owned()))?,
-    };
-    let mut event = Event::new(&route.bot, &route.source, ce.ty(), data);
-    event.id = ce.id().to_owned();
-    event.source = ce.source().to_string();
-    event.subject = ce.subject().map(str::to_owned);
-    if let Some(t) = ce.time() {
-        event.time = *t;
-    }
-    let mut extensions = BTreeMap::new();
-    for (name, value) in ce.iter_extensions() {
-        let text = match value {
-            ExtensionValue::String(s) => s.clone(),
-            ExtensionValue::Boolean(b) => b.to_string(),
-            ExtensionValue::Integer(i) => i.to_string(),
-        };
-        if name == "traceparent" {
-            if is_traceparent(&text) {
-                event.traceparent = Some(text);
-            }
-        } else {
-            extensions.insert(name.to_owned(), text);
-        }
-    }
-    event.extensions = extensions;
-    Ok(event)
-}
-
-fn is_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 4
-        && parts[1].len() == 32
-        && parts[2].len() == 16
-        && parts
-            .iter()
-            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-enum Claim {
-    New,
-    Seen(String),
-    Pending,
-}
-
-/// Idempotency keys of one source: bounded, expiring.
-struct Idempotency {
-    window: Duration,
-    inner: Mutex<IdempotencyInner>,
-}
-
-#[derive(Default)]
-struct IdempotencyInner {
-    // key → (event id, confirmed, when)
-    keys: HashMap<String, (String, bool, Instant)>,
-    order: VecDeque<(String, Instant)>,
-}
-
-impl Idempotency {
-    fn new(window: Duration) -> Self {
-        Self {
-            window,
-            inner: Mutex::new(IdempotencyInner::default()),
-        }
-    }
-
-    fn claim(&self, key: &str, event_id: &str) -> Claim {
-        let mut inner = self.inner.lock().expect("idempotency lock");
-        let now = Instant::now();
-        // Drop expired keys and keep the store bounded.
-        while let Some((k, at)) = inner.order.front().cloned() {
-            if now.duration_since(at) < self.window && inner.order.len() < IDEMPOTENCY_CAPACITY {
-                break;
-            }
-            inner.order.pop_front();
-            if inner.keys.get(&k).is_some_and(|(_, _, t)| *t == at) {
-                inner.keys.remove(&k);
-            }
-        }
-        match inner.keys.get(key) {
-            Some((id, true, _)) => Claim::Seen(id.clone()),
-            Some((_, false, _)) => Claim::Pending,
-            None => {
-                inner
-                    .keys
-                    .insert(key.to_owned(), (event_id.to_owned(), false, now));
-                inner.order.push_back((key.to_owned(), now));
-                Claim::New
-            }
-        }
-    }
-
-    fn confirm(&self, key: &str) {
-        if let Some(entry) = self
-            .inner
-            .lock()
-            .expect("idempotency lock")
-            .keys
-            .get_mut(key)
-        {
-            entry.1 = true;
-        }
-    }
-
-    fn release(&self, key: &str) {
-        self.inner
-            .lock()
-            .expect("idempotency lock")
-            .keys
-            .remove(key);
     }
 }

@@ -21,7 +21,7 @@ pub struct Report {
 
 /// Loads and validates `files` as they would be applied (missing references and Secrets are
 /// warnings: they may already be in the cluster).
-pub fn check_files(files: &[PathBuf], namespace: &str) -> Report {
+pub fn validate_files(files: &[PathBuf], namespace: &str) -> Report {
     let mut text = String::new();
     let set = match manifest::load_files(files, namespace) {
         Ok(set) => set,

@@ -1,0 +1,141 @@
+//! The ingest role: a bot's sources — webhook routes on the HTTP server, poll and schedule
+//! tasks — each publishing what it accepts to the bot's raw topic, answering (or moving on)
+//! only once the bus holds it.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use futures::future::BoxFuture;
+use inputbot_api::{bot::SourceKind, config::IngestConfig, names};
+use tokio::task::JoinSet;
+
+use super::{Context, RoleError};
+use crate::{
+    bus::{Bus, BusError},
+    event::Event,
+    metrics::{self, Metrics},
+    sources::{self, Sink, SourceContext, webhook::Intake},
+};
+
+/// How ingest runs.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// Where to serve webhooks, `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
+    pub listen: Option<SocketAddr>,
+    /// Run poll and schedule sources.
+    pub sources: bool,
+    /// Where poll sources keep their state (`<dir>/<group>.poll.json`).
+    pub state_dir: PathBuf,
+}
+
+/// The running HTTP side of ingest.
+#[derive(Debug, Default)]
+pub struct Ingest {
+    /// The bound address, when serving.
+    pub addr: Option<SocketAddr>,
+    /// The HTTP server task; it ends once `shutdown.http` fired and requests are answered.
+    pub server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Publishes a source's events to its bot's raw topic.
+struct BusSink {
+    bus: Arc<dyn Bus>,
+    topic: String,
+    metrics: Arc<Metrics>,
+    labels: metrics::SourceLabels,
+}
+
+impl Sink for BusSink {
+    fn emit(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.metrics.received.get_or_create(&self.labels).inc();
+            self.bus.publish(&self.topic, &event).await?;
+            self.metrics.accepted.get_or_create(&self.labels).inc();
+            tracing::info!(target: "inputbot::intake", bot = %self.labels.bot, source = %self.labels.source,
+                event = %event.id, "accepted");
+            Ok(())
+        })
+    }
+}
+
+/// Starts every source of the bots: poll and schedule as tasks (until `shutdown.sources`),
+/// webhooks as routes of one HTTP server on `options.listen` (until `shutdown.http`). Returns
+/// once the listener is bound.
+pub async fn start(
+    cx: &Context,
+    configs: &[IngestConfig],
+    options: &IngestOptions,
+    tasks: &mut JoinSet<()>,
+) -> Result<Ingest, RoleError> {
+    let mut webhook_bots = Vec::new();
+    for config in configs {
+        let ns = &config.bot.namespace;
+        let bot = format!("{ns}/{}", config.bot.name);
+        for (i, source) in config.sources.iter().enumerate() {
+            let is_kafka = matches!(source.kind(), Some(SourceKind::Kafka(_)));
+            if !options.sources && !is_kafka {
+                continue;
+            }
+            let state = options.state_dir.join(format!(
+                "{}.poll.json",
+                names::consumer_group(ns, &config.bot.name, &source.name)
+            ));
+            let source_cx = SourceContext {
+                bot: &bot,
+                secrets: &cx.secrets.namespace(ns),
+                client: &cx.client,
+                state: Some(state),
+                sink: Arc::new(BusSink {
+                    bus: cx.bus.clone(),
+                    topic: config.topic.clone(),
+                    metrics: cx.metrics.clone(),
+                    labels: metrics::source(&bot, &source.name),
+                }),
+                shutdown: cx.shutdown.sources.clone(),
+            };
+            let task = sources::build(source, source_cx).map_err(|e| RoleError::Unsupported {
+                resource: config.bot.to_string(),
+                field: format!("spec.sources[{i}].{}", e.field),
+                message: e.message,
+            })?;
+            if let Some(task) = task {
+                tasks.spawn(task);
+            }
+        }
+        webhook_bots.push((config.clone(), cx.secrets.namespace(ns)));
+    }
+
+    let Some(listen) = options.listen else {
+        return Ok(Ingest::default());
+    };
+    let intake = Intake::new(
+        &webhook_bots,
+        cx.bus.clone(),
+        cx.metrics.clone(),
+        cx.health.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RoleError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RoleError::Listen {
+        addr: listen,
+        source,
+    })?;
+    for path in intake.paths() {
+        tracing::info!(target: "inputbot::run", "webhook http://{bound}{path}");
+    }
+    let router = intake.router();
+    let stop = cx.shutdown.http.clone();
+    let server = tokio::spawn(async move {
+        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = server.await {
+            tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
+        }
+    });
+    Ok(Ingest {
+        addr: Some(bound),
+        server: Some(server),
+    })
+}

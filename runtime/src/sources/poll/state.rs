@@ -1,0 +1,189 @@
+//! What a poller remembers: the ids it has emitted (bounded, least recently seen forgotten
+//! first) and the validators of the last complete response, persisted atomically to a state
+//! file after every poll that changed them.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{PollError, Poller};
+
+/// What a state file holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateFile {
+    /// Format version.
+    version: u32,
+    /// The URL the validators belong to.
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_modified: Option<String>,
+    /// Fingerprint of the last fully processed body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_sha256: Option<String>,
+    /// Seen ids, least recently seen first.
+    #[serde(default)]
+    seen: Vec<String>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// A bounded set of ids that forgets the least recently seen first.
+#[derive(Debug, Default)]
+pub(super) struct SeenIds {
+    capacity: usize,
+    tick: u64,
+    /// id → tick of its last touch.
+    pub(super) ticks: HashMap<String, u64>,
+    /// (tick, id) in touch order; entries whose tick is stale are skipped.
+    pub(super) order: VecDeque<(u64, String)>,
+}
+
+impl SeenIds {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.ticks.contains_key(id)
+    }
+
+    /// Marks `id` as seen just now.
+    pub(super) fn touch(&mut self, id: &str) {
+        self.tick += 1;
+        self.ticks.insert(id.to_owned(), self.tick);
+        self.order.push_back((self.tick, id.to_owned()));
+        while self.ticks.len() > self.capacity {
+            let Some((t, old)) = self.order.pop_front() else {
+                break;
+            };
+            if self.ticks.get(&old) == Some(&t) {
+                self.ticks.remove(&old);
+            }
+        }
+        if self.order.len() > 2 * self.capacity + 64 {
+            self.order.retain(|(t, id)| self.ticks.get(id) == Some(t));
+        }
+    }
+
+    /// Ids, least recently seen first.
+    pub(super) fn to_vec(&self) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|(t, id)| self.ticks.get(id) == Some(t))
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+}
+
+impl Poller {
+    pub(super) fn load_state(&mut self) -> Result<(), PollError> {
+        let Some(path) = &self.state_path else {
+            return Ok(());
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(state_error(path, format!("cannot read: {e}"))),
+        };
+        let state: StateFile = serde_json::from_slice(&bytes)
+            .map_err(|e| state_error(path, format!("not a poll state file: {e}")))?;
+        if state.version != STATE_VERSION {
+            return Err(state_error(
+                path,
+                format!(
+                    "expected state version {STATE_VERSION}, found {}",
+                    state.version
+                ),
+            ));
+        }
+        for id in &state.seen {
+            self.seen.touch(id);
+        }
+        if state.url == self.url.as_str() {
+            self.etag = state.etag;
+            self.last_modified = state.last_modified;
+            self.body_sha256 = state.body_sha256;
+        } else {
+            tracing::info!(
+                bot = %self.bot, source = %self.source,
+                "the poll URL changed since the state file was written; fetching it afresh"
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn save_state(&self) -> Result<(), PollError> {
+        let Some(path) = self.state_path.clone() else {
+            return Ok(());
+        };
+        let state = StateFile {
+            version: STATE_VERSION,
+            url: self.url.to_string(),
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            body_sha256: self.body_sha256.clone(),
+            seen: self.seen.to_vec(),
+        };
+        let bytes = serde_json::to_vec(&state)
+            .map_err(|e| state_error(&path, format!("cannot serialize: {e}")))?;
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&path, &bytes).map_err(|e| state_error(&path, e.to_string()))
+        })
+        .await
+        .map_err(|e| PollError::State {
+            path: shown,
+            message: format!("the writer task failed: {e}"),
+        })?
+    }
+}
+
+fn state_error(path: &Path, message: String) -> PollError {
+    PollError::State {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// crash leaves either the old or the new content.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "poll-state".into());
+    let tmp = dir.join(format!(
+        ".{file_name}.{}.{}.tmp",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
