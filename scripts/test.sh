@@ -89,8 +89,10 @@ else
   phase "harness start" "$ROOT/scripts/harness.sh" start
   eval "$("$ROOT/scripts/harness.sh" env)"
 fi
-# Built first, so that the time limit below is the tests' own.
-phase "e2e build" cargo test -p inputbot-e2e --no-run
+# Built first, so that the time limit below is the tests' own. The suite runs the operator
+# and the runtime as child processes: their binaries are built beside the test binaries.
+phase "e2e build" cargo build -p inputbot-operator -p inputbot-runtime --bins
+phase "e2e test build" cargo test -p inputbot-e2e --no-run
 # A hung test (a client stuck in a destructor, a watch that never ends) must not hang CI.
 phase "e2e tier (cargo test -p inputbot-e2e)" \
   timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-1200}" cargo test -p inputbot-e2e -- "$@"

@@ -60,10 +60,10 @@ pub const CAPABILITIES_TTL: Duration = Duration::from_secs(60);
 impl Context {
     /// The capabilities of the cluster (is KEDA installed?), rediscovered once a minute.
     pub async fn capabilities(&self) -> Capabilities {
-        if let Some((caps, at)) = *self.capabilities.lock().expect("lock") {
-            if at.elapsed() < CAPABILITIES_TTL {
-                return caps;
-            }
+        if let Some((caps, at)) = *self.capabilities.lock().expect("lock")
+            && at.elapsed() < CAPABILITIES_TTL
+        {
+            return caps;
         }
         let keda = match self
             .client

@@ -47,6 +47,9 @@ pub struct Shared {
     pub reporter: Reporter,
 }
 
+/// The metadata stores of one controller's children, by kind.
+pub type ChildStores = HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>;
+
 type ChildStream =
     futures::stream::BoxStream<'static, Result<PartialObjectMeta<DynamicObject>, watcher::Error>>;
 
@@ -56,10 +59,7 @@ pub fn metadata_stores(
     namespace: Option<&str>,
     owner_kind: &str,
     kinds: &[ChildKind],
-) -> (
-    HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>,
-    Vec<(ChildKind, ChildStream)>,
-) {
+) -> (ChildStores, Vec<(ChildKind, ChildStream)>) {
     let mut stores = HashMap::new();
     let mut streams = Vec::new();
     for kind in kinds {
@@ -109,20 +109,14 @@ fn context(
     })
 }
 
-fn api<K: Reconciled>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-{
+fn api<K: Reconciled>(client: &Client, namespace: Option<&str>) -> Api<K> {
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
 }
 
-fn guarded<K: Reconciled>(client: &Client, namespace: Option<&str>) -> Api<DeserializeGuard<K>>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-{
+fn guarded<K: Reconciled>(client: &Client, namespace: Option<&str>) -> Api<DeserializeGuard<K>> {
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),

@@ -25,15 +25,6 @@ pub fn scaled_object_resource() -> ApiResource {
     }
 }
 
-/// The autoscaler a component gets.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Autoscaler {
-    /// CPU-based.
-    Hpa(HorizontalPodAutoscaler),
-    /// Lag-based (KEDA).
-    ScaledObject(Value),
-}
-
 /// A CPU HPA for the component's Deployment.
 pub fn hpa(
     owner: &Owner,
