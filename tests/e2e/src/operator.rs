@@ -23,6 +23,9 @@ pub struct OperatorProcess {
 /// The operator binary next to the test binaries (`cargo build -p inputbot-operator` puts it
 /// there; scripts/test.sh builds it before the suite).
 pub fn operator_binary() -> PathBuf {
+    if let Some(bin) = OVERRIDE.get() {
+        return bin.clone();
+    }
     let exe = std::env::current_exe().expect("the test binary's path");
     // target/debug/deps/<test> → target/debug/inputbot-operator
     let dir = exe
@@ -36,6 +39,14 @@ pub fn operator_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+static OVERRIDE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Runs `bin` instead of the operator next to the test binaries (the benchmark runs a release
+/// build). The first call wins.
+pub fn set_operator_binary(bin: &str) {
+    let _ = OVERRIDE.set(PathBuf::from(bin));
 }
 
 fn free_port() -> u16 {
@@ -103,6 +114,11 @@ impl OperatorProcess {
             metrics,
             args,
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no graceful shutdown, no Lease release.

@@ -1,0 +1,181 @@
+//! The operator's scale benchmark (a program, not a test): N bots — an InputBot, a Pipeline
+//! and an ActionBinding each — applied at once to a real API server and broker, with the
+//! operator as a child process.
+//!
+//! Measures, on this machine, in one run:
+//! - **baseline**: the time the same client takes to create as many plain ConfigMaps as the
+//!   operator must create children (the API server's own write throughput here);
+//! - the time from the first apply until every child exists, and its ratio to the baseline;
+//! - the operator's idle RSS (started, nothing to do), peak RSS, and RSS once settled;
+//! - the API writes the operator makes during a steady-state window (nothing changes).
+//!
+//! ```text
+//! scripts/harness.sh start && eval "$(scripts/harness.sh env)"
+//! cargo build --release -p inputbot-operator
+//! cargo run -p inputbot-e2e --example operator_scale -- [BOTS=1000] [STEADY_SECONDS=300]
+//! ```
+//! The operator binary is `$INPUTBOT_OPERATOR_BIN`, else target/release/inputbot-operator.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use inputbot_e2e::operator::OperatorProcess;
+use inputbot_e2e::{Cluster, TestNamespace, apply_yaml, ensure_project_crds};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+const CONCURRENCY: usize = 32;
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn bot_docs(i: usize) -> String {
+    let docs = [
+        json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "InputBot", "metadata": {"name": format!("b{i:04}")},
+               "spec": {"sources": [{"name": "hook", "webhook": {"path": "/hook", "auth": {"none": {}}}}]}}),
+        json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "Pipeline", "metadata": {"name": format!("p{i:04}")},
+               "spec": {"botRef": {"name": format!("b{i:04}")}, "steps": [{"filter": {"when": "has(data.id)"}}]}}),
+        json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "ActionBinding", "metadata": {"name": format!("a{i:04}")},
+               "spec": {"pipelineRef": {"name": format!("p{i:04}")}, "action": {"log": {"template": "{{ data.id }}"}}}}),
+    ];
+    docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n")
+}
+
+async fn count<K>(api: &Api<K>, selector: Option<&str>) -> usize
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = ListParams::default();
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    api.list_metadata(&lp).await.map(|l| l.items.len()).unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bots: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let steady: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300);
+    let cluster = Cluster::connect().await;
+    let client = cluster.client.clone();
+    ensure_project_crds(&client).await;
+    println!("machine: {} cores, {} MiB", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).unwrap_or(0) / 1024);
+
+    // Baseline: the API server's write throughput for as many objects as the children.
+    let children = bots * 7; // 3 ConfigMaps, 3 Deployments, 1 Service per bot
+    let base_ns = TestNamespace::create(&cluster, "bench-baseline").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), base_ns.name());
+    let started = Instant::now();
+    futures::stream::iter(0..children)
+        .map(|i| {
+            let cms = cms.clone();
+            async move {
+                let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm-{i}")}, "data": {"k": "v"}})).unwrap();
+                cms.create(&PostParams::default(), &cm).await.expect("a ConfigMap");
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let baseline = started.elapsed();
+    println!("baseline: {children} ConfigMaps created directly in {:.1} s", baseline.as_secs_f64());
+    drop(base_ns);
+
+    let ns = TestNamespace::create(&cluster, "bench-scale").await;
+    let n = ns.name().to_owned();
+    let bin = std::env::var("INPUTBOT_OPERATOR_BIN").unwrap_or_else(|_| {
+        let mut p = inputbot_e2e::repo_root();
+        p.push(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()));
+        p.push("release/inputbot-operator");
+        p.display().to_string()
+    });
+    inputbot_e2e::operator::set_operator_binary(&bin);
+    let op = OperatorProcess::start(&n, "bench", &["--leader-elect", "false", "--default-partitions", "1", "--concurrency", "16"]);
+    let pid = op.pid().expect("the operator runs");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = rss_kib(pid).unwrap_or(0);
+    println!("operator idle RSS: {:.1} MiB", idle as f64 / 1024.0);
+
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(r) = rss_kib(pid) {
+                    peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    futures::stream::iter(0..bots)
+        .map(|i| {
+            let client = client.clone();
+            let n = n.clone();
+            async move { apply_yaml(&client, Some(&n), &bot_docs(i)).await.expect("applying a bot") }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let applied = started.elapsed();
+    println!("applied {} resources in {:.1} s", bots * 3, applied.as_secs_f64());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &n);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
+    let services: Api<Service> = Api::namespaced(client.clone(), &n);
+    let sel = Some("app.kubernetes.io/managed-by=inputbot-operator");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let (d, c, s) = (count(&deployments, sel).await, count(&configmaps, sel).await, count(&services, sel).await);
+        if d == bots * 3 && c == bots * 3 && s == bots {
+            break;
+        }
+        assert!(Instant::now() < deadline, "children incomplete after 15 min: {d} Deployments, {c} ConfigMaps, {s} Services");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_children = started.elapsed();
+    println!(
+        "every child exists {:.1} s after the first apply ({} objects) — {:.2}× the baseline",
+        all_children.as_secs_f64(),
+        children,
+        all_children.as_secs_f64() / baseline.as_secs_f64()
+    );
+
+    // Settle: until the operator's write count holds still for 20 s (rollouts finish, statuses
+    // reach Ready), then measure a steady-state window.
+    let mut writes = op.metric("inputbot_operator_api_writes_total").await.unwrap_or(0.0);
+    let settle_deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let now = op.metric("inputbot_operator_api_writes_total").await.unwrap_or(0.0);
+        if now == writes || Instant::now() > settle_deadline {
+            break;
+        }
+        writes = now;
+    }
+    let settled = started.elapsed();
+    println!("settled (no operator write for 20 s) {:.1} s after the first apply; {writes} writes in all", settled.as_secs_f64());
+    let reconciles = op.metric("inputbot_operator_reconciles_total").await.unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(steady)).await;
+    let steady_writes = op.metric("inputbot_operator_api_writes_total").await.unwrap_or(0.0) - writes;
+    let steady_reconciles = op.metric("inputbot_operator_reconciles_total").await.unwrap_or(0.0) - reconciles;
+    sampler.abort();
+    println!(
+        "steady state: {steady_writes} API writes and {steady_reconciles} reconciles in {steady} s; RSS {:.1} MiB; peak RSS {:.1} MiB",
+        rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    );
+    drop(op);
+}
