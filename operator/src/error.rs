@@ -75,3 +75,43 @@ impl Error {
 
 /// A reconcile's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("test", "Test")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn invalid_specs_and_missing_references_wait_for_a_change() {
+        let missing = Error::MissingReference {
+            field: "spec.botRef",
+            kind: "InputBot",
+            namespace: "ns".into(),
+            name: "bot".into(),
+        };
+        assert!(missing.is_permanent());
+        assert_eq!(missing.label(), "ReferenceNotFound");
+        assert_eq!(
+            missing.to_string(),
+            "spec.botRef: InputBot ns/bot not found"
+        );
+        assert!(Error::InvalidSpec(crate::render::PlanError::Invalid(vec![])).is_permanent());
+    }
+
+    #[test]
+    fn api_server_outages_and_conflicts_are_retried() {
+        for code in [409, 429, 500, 503] {
+            assert!(!Error::kube("apply")(api(code)).is_permanent(), "{code}");
+        }
+        for code in [400, 422] {
+            assert!(Error::kube("apply")(api(code)).is_permanent(), "{code}");
+        }
+    }
+}
