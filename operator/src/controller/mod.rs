@@ -232,13 +232,10 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     let (topics_ok, topics_message) = ensure_topics(obj, ctx, &plan).await?;
 
     apply_children(ctx, &plan).await?;
-    if ctx
-        .pruned
-        .lock()
-        .expect("lock")
-        .insert((uid.clone(), generation))
-    {
+    let key = (uid.clone(), generation);
+    if !ctx.pruned.lock().expect("lock").contains(&key) {
         prune(ctx, &plan).await?;
+        ctx.pruned.lock().expect("lock").insert(key);
     }
     for w in &plan.warnings {
         publish(
