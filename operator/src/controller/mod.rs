@@ -236,17 +236,18 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     if !ctx.pruned.lock().expect("lock").contains(&key) {
         prune(ctx, &plan).await?;
         ctx.pruned.lock().expect("lock").insert(key);
-    }
-    for w in &plan.warnings {
-        publish(
-            ctx,
-            obj,
-            EventType::Warning,
-            "ReplicasCapped",
-            "Reconcile",
-            w,
-        )
-        .await;
+        // Once per spec generation, like prune: a steady state publishes nothing.
+        for w in &plan.warnings {
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                "ReplicasCapped",
+                "Reconcile",
+                w,
+            )
+            .await;
+        }
     }
 
     let (workload_ok, workload_message) = workload_ready(ctx, &plan).await?;

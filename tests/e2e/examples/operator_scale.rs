@@ -48,7 +48,10 @@ fn bot_docs(i: usize) -> String {
         json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "ActionBinding", "metadata": {"name": format!("a{i:04}")},
                "spec": {"pipelineRef": {"name": format!("p{i:04}")}, "action": {"log": {"template": "{{ data.id }}"}}}}),
     ];
-    docs.iter().map(|d| serde_yaml::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n")
+    docs.iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 async fn count<K>(api: &Api<K>, selector: Option<&str>) -> usize
@@ -59,7 +62,10 @@ where
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
-    api.list_metadata(&lp).await.map(|l| l.items.len()).unwrap_or(0)
+    api.list_metadata(&lp)
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -70,8 +76,21 @@ async fn main() {
     let cluster = Cluster::connect().await;
     let client = cluster.client.clone();
     ensure_project_crds(&client).await;
-    println!("machine: {} cores, {} MiB", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).unwrap_or(0) / 1024);
+    println!(
+        "machine: {} cores, {} MiB",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().and_then(|l| l
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()))
+            .unwrap_or(0)
+            / 1024
+    );
 
     // Baseline: the API server's write throughput for as many objects as the children.
     let children = bots * 7; // 3 ConfigMaps, 3 Deployments, 1 Service per bot
@@ -82,15 +101,23 @@ async fn main() {
         .map(|i| {
             let cms = cms.clone();
             async move {
-                let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm-{i}")}, "data": {"k": "v"}})).unwrap();
-                cms.create(&PostParams::default(), &cm).await.expect("a ConfigMap");
+                let cm: ConfigMap = serde_json::from_value(
+                    json!({"metadata": {"name": format!("cm-{i}")}, "data": {"k": "v"}}),
+                )
+                .unwrap();
+                cms.create(&PostParams::default(), &cm)
+                    .await
+                    .expect("a ConfigMap");
             }
         })
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let baseline = started.elapsed();
-    println!("baseline: {children} ConfigMaps created directly in {:.1} s", baseline.as_secs_f64());
+    println!(
+        "baseline: {children} ConfigMaps created directly in {:.1} s",
+        baseline.as_secs_f64()
+    );
     drop(base_ns);
 
     let ns = TestNamespace::create(&cluster, "bench-scale").await;
@@ -102,7 +129,18 @@ async fn main() {
         p.display().to_string()
     });
     inputbot_e2e::operator::set_operator_binary(&bin);
-    let op = OperatorProcess::start(&n, "bench", &["--leader-elect", "false", "--default-partitions", "1", "--concurrency", "16"]);
+    let op = OperatorProcess::start(
+        &n,
+        "bench",
+        &[
+            "--leader-elect",
+            "false",
+            "--default-partitions",
+            "1",
+            "--concurrency",
+            "16",
+        ],
+    );
     let pid = op.pid().expect("the operator runs");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = rss_kib(pid).unwrap_or(0);
@@ -125,24 +163,39 @@ async fn main() {
         .map(|i| {
             let client = client.clone();
             let n = n.clone();
-            async move { apply_yaml(&client, Some(&n), &bot_docs(i)).await.expect("applying a bot") }
+            async move {
+                apply_yaml(&client, Some(&n), &bot_docs(i))
+                    .await
+                    .expect("applying a bot")
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let applied = started.elapsed();
-    println!("applied {} resources in {:.1} s", bots * 3, applied.as_secs_f64());
+    println!(
+        "applied {} resources in {:.1} s",
+        bots * 3,
+        applied.as_secs_f64()
+    );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &n);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &n);
     let services: Api<Service> = Api::namespaced(client.clone(), &n);
     let sel = Some("app.kubernetes.io/managed-by=inputbot-operator");
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let (d, c, s) = (count(&deployments, sel).await, count(&configmaps, sel).await, count(&services, sel).await);
+        let (d, c, s) = (
+            count(&deployments, sel).await,
+            count(&configmaps, sel).await,
+            count(&services, sel).await,
+        );
         if d == bots * 3 && c == bots * 3 && s == bots {
             break;
         }
-        assert!(Instant::now() < deadline, "children incomplete after 15 min: {d} Deployments, {c} ConfigMaps, {s} Services");
+        assert!(
+            Instant::now() < deadline,
+            "children incomplete after 15 min: {d} Deployments, {c} ConfigMaps, {s} Services"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_children = started.elapsed();
@@ -155,22 +208,42 @@ async fn main() {
 
     // Settle: until the operator's write count holds still for 20 s (rollouts finish, statuses
     // reach Ready), then measure a steady-state window.
-    let mut writes = op.metric("inputbot_operator_api_writes_total").await.unwrap_or(0.0);
+    let mut writes = op
+        .metric("inputbot_operator_api_writes_total")
+        .await
+        .unwrap_or(0.0);
     let settle_deadline = Instant::now() + Duration::from_secs(900);
     loop {
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let now = op.metric("inputbot_operator_api_writes_total").await.unwrap_or(0.0);
+        let now = op
+            .metric("inputbot_operator_api_writes_total")
+            .await
+            .unwrap_or(0.0);
         if now == writes || Instant::now() > settle_deadline {
             break;
         }
         writes = now;
     }
     let settled = started.elapsed();
-    println!("settled (no operator write for 20 s) {:.1} s after the first apply; {writes} writes in all", settled.as_secs_f64());
-    let reconciles = op.metric("inputbot_operator_reconciles_total").await.unwrap_or(0.0);
+    println!(
+        "settled (no operator write for 20 s) {:.1} s after the first apply; {writes} writes in all",
+        settled.as_secs_f64()
+    );
+    let reconciles = op
+        .metric("inputbot_operator_reconciles_total")
+        .await
+        .unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(steady)).await;
-    let steady_writes = op.metric("inputbot_operator_api_writes_total").await.unwrap_or(0.0) - writes;
-    let steady_reconciles = op.metric("inputbot_operator_reconciles_total").await.unwrap_or(0.0) - reconciles;
+    let steady_writes = op
+        .metric("inputbot_operator_api_writes_total")
+        .await
+        .unwrap_or(0.0)
+        - writes;
+    let steady_reconciles = op
+        .metric("inputbot_operator_reconciles_total")
+        .await
+        .unwrap_or(0.0)
+        - reconciles;
     sampler.abort();
     println!(
         "steady state: {steady_writes} API writes and {steady_reconciles} reconciles in {steady} s; RSS {:.1} MiB; peak RSS {:.1} MiB",
