@@ -7,7 +7,8 @@
 //!   env var set by the Deployment;
 //! - against the API server: a server-side dry run of everything the chart renders, and the
 //!   RBAC proof — the chart's ServiceAccount can do what the operator does and nothing more
-//!   (SubjectAccessReviews, plus real requests made while impersonating it).
+//!   (SubjectAccessReviews, plus real requests made while impersonating it); and a real
+//!   `helm install`, `upgrade` (a changed value rolls the operator) and `uninstall`.
 //!
 //! Needs the harness (or `KUBECONFIG`) for the cluster tests: see docs/testing.md.
 
@@ -962,4 +963,73 @@ async fn namespaced_mode_grants_only_the_watched_namespaces_and_the_strimzi_one(
         ]
     }));
     access.expect(false, &denied).await;
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_run_against_the_api_server() {
+    let cluster = Cluster::connect().await;
+    ensure_project_crds(&cluster.client).await;
+    let ns = TestNamespace::create(&cluster, "chart-install").await;
+    let kubeconfig = setting("KUBECONFIG").expect("KUBECONFIG of the cluster under test");
+    let release = format!("inst{}", unique_suffix());
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let target = [
+        "--kubeconfig",
+        kubeconfig.as_str(),
+        "--namespace",
+        ns.name(),
+    ];
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(target);
+        let (ok, out, err) = helm(&all);
+        assert!(ok, "helm {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    // The CRDs are already on the cluster, owned by the test suite rather than a release.
+    let notes = run(&["install", &release, chart, "--set", "crds.install=false"]);
+    assert!(notes.contains("kubectl get inputbot"), "NOTES.txt: {notes}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(cluster.client.clone(), ns.name());
+    let name = format!("{release}-inputbot-operator");
+    let before = deployments
+        .get(&name)
+        .await
+        .expect("the operator Deployment");
+    assert_eq!(before.spec.as_ref().unwrap().replicas, Some(2));
+
+    run(&[
+        "upgrade",
+        &release,
+        chart,
+        "--set",
+        "crds.install=false",
+        "--set",
+        "logFormat=text",
+    ]);
+    let after = deployments
+        .get(&name)
+        .await
+        .expect("the operator Deployment");
+    assert!(
+        after.metadata.generation > before.metadata.generation,
+        "a changed value changes the pod template, so the Deployment rolls"
+    );
+    let env = after.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "INPUTBOT_LOG_FORMAT" && e.value.as_deref() == Some("text"))
+    );
+
+    run(&["uninstall", &release]);
+    assert!(deployments.get_opt(&name).await.unwrap().is_none());
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(cluster.client.clone());
+    assert!(
+        roles.get_opt(&name).await.unwrap().is_none(),
+        "uninstall removes the ClusterRole"
+    );
 }
