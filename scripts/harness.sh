@@ -35,7 +35,7 @@ ALL_PORTS=("$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$CM_PORT" "$SCHED_PORT" "
 # Start order; stop goes in reverse.
 COMPONENTS=(kafka etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NODE_NAME=kwok-node-0
-SERVICE_CIDR=10.96.0.0/24
+SERVICE_CIDR=10.96.0.0/16
 POD_CIDR=10.244.0.1/16
 
 log() { printf '[harness %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

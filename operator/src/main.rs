@@ -11,7 +11,7 @@ use inputbot_operator::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "inputbot-operator", version, about)]
+#[command(name = "inputbot-operator", version, about, args_override_self = true)]
 struct Cli {
     /// Log format: `json` in clusters, `text` for people.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "INPUTBOT_LOG_FORMAT")]

@@ -19,8 +19,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use inputbot_api::{ActionBinding, InputBot, Pipeline};
 use inputbot_e2e::operator::OperatorProcess;
-use inputbot_e2e::{Cluster, TestNamespace, apply_yaml, ensure_project_crds};
+use inputbot_e2e::{Cluster, TestNamespace, ensure_project_crds};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, ListParams, PostParams};
@@ -39,19 +40,37 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn bot_docs(i: usize) -> String {
-    let docs = [
+fn bot_docs(i: usize) -> [serde_json::Value; 3] {
+    [
         json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "InputBot", "metadata": {"name": format!("b{i:04}")},
                "spec": {"sources": [{"name": "hook", "webhook": {"path": "/hook", "auth": {"none": {}}}}]}}),
         json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "Pipeline", "metadata": {"name": format!("p{i:04}")},
                "spec": {"botRef": {"name": format!("b{i:04}")}, "steps": [{"filter": {"when": "has(data.id)"}}]}}),
         json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "ActionBinding", "metadata": {"name": format!("a{i:04}")},
                "spec": {"pipelineRef": {"name": format!("p{i:04}")}, "action": {"log": {"template": "{{ data.id }}"}}}}),
-    ];
-    docs.iter()
-        .map(|d| serde_yaml::to_string(d).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n")
+    ]
+}
+
+/// Server-side applies one of the three kinds (no discovery round trip per object).
+async fn apply_doc(client: &kube::Client, ns: &str, doc: &serde_json::Value) {
+    use kube::api::{Patch, PatchParams};
+    let name = doc["metadata"]["name"].as_str().expect("a name");
+    let params = PatchParams::apply("inputbot-bench").force();
+    let result = match doc["kind"].as_str() {
+        Some("InputBot") => Api::<InputBot>::namespaced(client.clone(), ns)
+            .patch(name, &params, &Patch::Apply(doc))
+            .await
+            .map(drop),
+        Some("Pipeline") => Api::<Pipeline>::namespaced(client.clone(), ns)
+            .patch(name, &params, &Patch::Apply(doc))
+            .await
+            .map(drop),
+        _ => Api::<ActionBinding>::namespaced(client.clone(), ns)
+            .patch(name, &params, &Patch::Apply(doc))
+            .await
+            .map(drop),
+    };
+    result.unwrap_or_else(|e| panic!("applying {name}: {e}"));
 }
 
 async fn count<K>(api: &Api<K>, selector: Option<&str>) -> usize
@@ -129,18 +148,27 @@ async fn main() {
         p.display().to_string()
     });
     inputbot_e2e::operator::set_operator_binary(&bin);
-    let op = OperatorProcess::start(
+    let bootstrap = inputbot_e2e::kafka_bootstrap();
+    let args = [
+        "--log-format",
+        "text",
+        "run",
+        "--watch-namespace",
         &n,
-        "bench",
-        &[
-            "--leader-elect",
-            "false",
-            "--default-partitions",
-            "1",
-            "--concurrency",
-            "16",
-        ],
-    );
+        "--leader-elect",
+        "false",
+        "--kafka-bootstrap",
+        &bootstrap,
+        "--default-replication-factor",
+        "1",
+        "--default-partitions",
+        "1",
+        "--concurrency",
+        "16",
+        "--runtime-image",
+        "inputbot/inputbot:bench",
+    ];
+    let op = OperatorProcess::start_with(args.iter().map(|s| s.to_string()).collect());
     let pid = op.pid().expect("the operator runs");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = rss_kib(pid).unwrap_or(0);
@@ -164,9 +192,9 @@ async fn main() {
             let client = client.clone();
             let n = n.clone();
             async move {
-                apply_yaml(&client, Some(&n), &bot_docs(i))
-                    .await
-                    .expect("applying a bot")
+                for doc in bot_docs(i) {
+                    apply_doc(&client, &n, &doc).await;
+                }
             }
         })
         .buffer_unordered(CONCURRENCY)
