@@ -5,15 +5,148 @@
 
 use std::sync::OnceLock;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    JSONSchemaPropsOrStringArray,
+};
 use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::{ActionBinding, InputBot, Pipeline};
 
-/// The three CRDs.
+/// The three CRDs, each description reflowed into paragraphs (see [`reflow`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![InputBot::crd(), Pipeline::crd(), ActionBinding::crd()]
+    let mut crds = vec![InputBot::crd(), Pipeline::crd(), ActionBinding::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                reflow_descriptions(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Reflows the description of a schema and of every schema nested in it.
+fn reflow_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(d) = schema.description.as_mut() {
+        *d = reflow(d);
+    }
+    let maps = [
+        schema.properties.as_mut(),
+        schema.pattern_properties.as_mut(),
+        schema.definitions.as_mut(),
+    ];
+    for map in maps.into_iter().flatten() {
+        map.values_mut().for_each(reflow_descriptions);
+    }
+    let lists = [
+        schema.all_of.as_mut(),
+        schema.any_of.as_mut(),
+        schema.one_of.as_mut(),
+    ];
+    for list in lists.into_iter().flatten() {
+        list.iter_mut().for_each(reflow_descriptions);
+    }
+    if let Some(not) = schema.not.as_mut() {
+        reflow_descriptions(not);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => reflow_descriptions(s),
+        Some(JSONSchemaPropsOrArray::Schemas(list)) => {
+            list.iter_mut().for_each(reflow_descriptions)
+        }
+        None => {}
+    }
+    for child in [
+        schema.additional_properties.as_mut(),
+        schema.additional_items.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let JSONSchemaPropsOrBool::Schema(s) = child {
+            reflow_descriptions(s);
+        }
+    }
+    for dependency in schema.dependencies.iter_mut().flat_map(|d| d.values_mut()) {
+        if let JSONSchemaPropsOrStringArray::Schema(s) = dependency {
+            reflow_descriptions(s);
+        }
+    }
+}
+
+/// A doc comment as `kubectl explain` should show it: the lines of a paragraph joined with a
+/// space (rustdoc keeps the line breaks of the source), paragraphs separated by a blank line,
+/// and Markdown list items, indented code and fenced code each kept on lines of their own.
+fn reflow(text: &str) -> String {
+    let mut paragraphs: Vec<String> = Vec::new();
+    // The paragraph being built, and whether it is code (kept line for line).
+    let mut current: Option<(String, bool)> = None;
+    let mut fenced = false;
+    for line in text.lines() {
+        if fenced {
+            let (p, _) = current.get_or_insert_with(Default::default);
+            p.push('\n');
+            p.push_str(line);
+            fenced = !is_fence(line);
+            continue;
+        }
+        if line.trim().is_empty() {
+            paragraphs.extend(current.take().map(|(p, _)| p));
+            continue;
+        }
+        let code = is_indented_code(line);
+        match current.as_mut() {
+            None => {
+                // Indented code only starts a paragraph; inside one an indented line is text.
+                let kept = if code { line } else { line.trim_start() };
+                current = Some((kept.trim_end().to_owned(), code));
+            }
+            Some((p, is_code)) => {
+                if *is_code || is_fence(line) || is_list_item(line) {
+                    p.push('\n');
+                    p.push_str(line.trim_end());
+                } else {
+                    p.push(' ');
+                    p.push_str(line.trim());
+                }
+            }
+        }
+        if is_fence(line) {
+            fenced = true;
+            if let Some((_, is_code)) = current.as_mut() {
+                *is_code = true;
+            }
+        }
+    }
+    paragraphs.extend(current.map(|(p, _)| p));
+    paragraphs.join("\n\n")
+}
+
+/// `- item`, `* item`, `+ item` or `1. item` (possibly indented, for nested lists).
+fn is_list_item(line: &str) -> bool {
+    let l = line.trim_start();
+    if l.starts_with("- ") || l.starts_with("* ") || l.starts_with("+ ") {
+        return true;
+    }
+    let digits = l.chars().take_while(char::is_ascii_digit).count();
+    digits > 0 && (l[digits..].starts_with(". ") || l[digits..].starts_with(") "))
+}
+
+/// A line of an indented code block: four spaces or a tab.
+fn is_indented_code(line: &str) -> bool {
+    line.starts_with("    ") || line.starts_with('\t')
+}
+
+/// The opening or closing line of a fenced code block.
+fn is_fence(line: &str) -> bool {
+    let l = line.trim_start();
+    l.starts_with("```") || l.starts_with("~~~")
 }
 
 /// The file a CRD is kept in under `crds/`: `<group>_<plural>.yaml`.
@@ -331,6 +464,85 @@ mod tests {
     fn dotted_paths_read_like_kubectl_explain() {
         assert_eq!(dotted_path("/spec/sources/0/name"), "spec.sources[0].name");
         assert_eq!(dotted_path(""), "");
+    }
+
+    #[test]
+    fn reflow_joins_the_lines_of_a_paragraph_and_keeps_paragraph_breaks() {
+        assert_eq!(
+            reflow("One\ntwo,\nthree.\n\nFour\nfive."),
+            "One two, three.\n\nFour five."
+        );
+        assert_eq!(reflow("Single line."), "Single line.");
+        assert_eq!(reflow("a\n\n\n\nb"), "a\n\nb");
+    }
+
+    #[test]
+    fn reflow_keeps_list_items_and_code_on_their_own_lines() {
+        assert_eq!(
+            reflow("Kinds:\n- one\n  continued\n* two\n1. three\n10. four"),
+            "Kinds:\n- one continued\n* two\n1. three\n10. four"
+        );
+        assert_eq!(
+            reflow("Example:\n\n    a: 1\n      b: 2\n\nAfter\nit."),
+            "Example:\n\n    a: 1\n      b: 2\n\nAfter it."
+        );
+        assert_eq!(
+            reflow("Fenced:\n```yaml\na: 1\n\nb: 2\n```\nafter"),
+            "Fenced:\n```yaml\na: 1\n\nb: 2\n```\nafter"
+        );
+    }
+
+    /// Every `description` string in a schema (a property named `description` is an object).
+    fn descriptions(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    match (key.as_str(), child) {
+                        ("description", Value::String(d)) => out.push(d.clone()),
+                        _ => descriptions(child, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| descriptions(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn no_crd_description_breaks_a_line_inside_a_paragraph() {
+        let mut all = Vec::new();
+        for crd in crds() {
+            descriptions(&serde_json::to_value(&crd).unwrap(), &mut all);
+        }
+        assert!(all.len() > 100, "only {} descriptions", all.len());
+        let mut broken = Vec::new();
+        for d in &all {
+            let lines: Vec<&str> = d.split('\n').collect();
+            for pair in lines.windows(2) {
+                let (line, next) = (pair[0], pair[1]);
+                let paragraph_break = line.is_empty() || next.is_empty();
+                let own_line = is_list_item(next) || is_indented_code(next) || is_fence(next);
+                if !paragraph_break && !own_line {
+                    broken.push(format!("{line:?} / {next:?} in {d:?}"));
+                }
+            }
+        }
+        assert!(broken.is_empty(), "single line breaks: {broken:#?}");
+    }
+
+    #[test]
+    fn a_multi_line_doc_comment_becomes_one_line() {
+        // `InputBotSpec::ingest` is documented over two `///` lines.
+        let ingest = schema("InputBot")
+            .unwrap()
+            .pointer("/properties/spec/properties/ingest/description")
+            .and_then(Value::as_str)
+            .unwrap();
+        assert_eq!(
+            ingest,
+            "How the ingest Deployment runs: replicas, autoscaling, resources, and how its \
+             Service is exposed outside the cluster."
+        );
     }
 
     #[test]

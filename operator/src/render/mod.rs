@@ -19,6 +19,8 @@ mod component;
 mod ingress;
 mod plan;
 mod service;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
