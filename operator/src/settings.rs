@@ -122,8 +122,9 @@ pub struct Settings {
     /// Retention of a topic whose resource does not say.
     #[arg(long, env = "INPUTBOT_DEFAULT_RETENTION", default_value = "7d")]
     pub default_retention: String,
-    /// The cluster's DNS domain, for the webhook URLs in status.
-    #[arg(long, env = "INPUTBOT_CLUSTER_DOMAIN", default_value = "svc")]
+    /// DNS suffix after `<service>.<namespace>.` in the webhook URLs of status: `svc`, or
+    /// `svc.cluster.local` for fully qualified names.
+    #[arg(long, env = "INPUTBOT_SERVICE_DOMAIN", default_value = "svc")]
     pub service_domain: String,
 }
 

@@ -324,7 +324,13 @@ pub fn plan_bot(
                 replicas: 1,
                 autoscaled: false,
                 singleton: true,
-                workload: None,
+                // The bot's resources apply; its replicas and autoscaling are the intake's.
+                workload: workload
+                    .map(|w| Workload {
+                        resources: w.resources.clone(),
+                        ..Workload::default()
+                    })
+                    .as_ref(),
             },
             settings,
         );

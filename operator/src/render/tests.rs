@@ -1109,3 +1109,16 @@ fn every_example_renders_without_error() {
         }
     }
 }
+
+#[test]
+fn the_poller_takes_the_bots_resources_but_never_its_replicas() {
+    let yaml = POLL_BOT.replace(
+        "spec:\n",
+        "spec:\n  ingest:\n    replicas: 3\n    resources: {limits: {memory: 1Gi}}\n",
+    );
+    let plan = bot_plan(&yaml);
+    let d = child(&plan, ChildKind::Deployment, "timed-poller");
+    assert_eq!(container(&d)["resources"]["limits"]["memory"], "1Gi");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+}
