@@ -49,11 +49,7 @@ impl Reconciled for Pipeline {
     }
 }
 
-/// The Pipelines that reference `bot` (for the watch on InputBots).
-pub fn referencing(pipelines: &[Pipeline], bot: &InputBot) -> Vec<(String, String)> {
-    pipelines
-        .iter()
-        .filter(|p| p.spec.bot_ref.name == bot.name_any() && p.namespace() == bot.namespace())
-        .map(|p| (p.name_any(), ns(p)))
-        .collect()
+/// Whether `pipeline` references `bot` (for the watch on InputBots).
+pub fn references(pipeline: &Pipeline, bot: &InputBot) -> bool {
+    pipeline.spec.bot_ref.name == bot.name_any() && pipeline.namespace() == bot.namespace()
 }

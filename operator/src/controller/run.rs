@@ -163,8 +163,7 @@ pub async fn controllers(
             ChildKind::HorizontalPodAutoscaler,
         ],
     );
-    let mut bots = Controller::new(guarded::<InputBot>(client, ns), watcher::Config::default())
-        .with_config(config.clone());
+    let mut bots = main_controller::<InputBot>(client, ns).with_config(config.clone());
     for (kind, stream) in streams {
         bots = bots.owns_stream_with(stream, kind.api_resource());
     }
@@ -177,29 +176,21 @@ pub async fn controllers(
 
     // Pipeline: its children, plus every change of the InputBot it references.
     let (stores, streams) = metadata_stores(client, ns, "Pipeline", &consumer_kinds);
-    let mut pipelines =
-        Controller::new(guarded::<Pipeline>(client, ns), watcher::Config::default())
-            .with_config(config.clone());
+    let mut pipelines = main_controller::<Pipeline>(client, ns).with_config(config.clone());
     for (kind, stream) in streams {
         pipelines = pipelines.owns_stream_with(stream, kind.api_resource());
     }
     let pipeline_store = pipelines.store();
     let pipelines = pipelines
-        .watches(
-            api::<InputBot>(client, ns),
-            watcher::Config::default(),
-            move |bot| {
-                let all: Vec<Pipeline> = pipeline_store
-                    .state()
-                    .iter()
-                    .filter_map(|g| g.0.as_ref().ok().cloned())
-                    .collect();
-                pipeline::referencing(&all, &bot)
-                    .into_iter()
-                    .map(|(name, ns)| ObjectRef::new(&name).within(&ns))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(spec_changes(api::<InputBot>(client, ns)), move |bot| {
+            pipeline_store
+                .state()
+                .iter()
+                .filter_map(|g| g.0.as_ref().ok())
+                .filter(|p| pipeline::references(p, &bot))
+                .map(|p| ObjectRef::new(&p.name_any()).within(&p.namespace().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown.clone())
         .run(
             reconcile::<Pipeline>,
@@ -211,11 +202,7 @@ pub async fn controllers(
 
     // ActionBinding: its children, plus its Pipeline or InputBot.
     let (stores, streams) = metadata_stores(client, ns, "ActionBinding", &consumer_kinds);
-    let mut bindings = Controller::new(
-        guarded::<ActionBinding>(client, ns),
-        watcher::Config::default(),
-    )
-    .with_config(config);
+    let mut bindings = main_controller::<ActionBinding>(client, ns).with_config(config);
     for (kind, stream) in streams {
         bindings = bindings.owns_stream_with(stream, kind.api_resource());
     }
@@ -276,4 +263,43 @@ async fn log_result<K, E: std::fmt::Debug>(
         // Reconcile errors are logged by error_policy; what reaches here is the watch's.
         tracing::debug!(error = ?e, "controller stream");
     }
+}
+
+/// The controller of a kind, watching it through `DeserializeGuard` (one malformed object
+/// never stops the watch) and keeping it without managedFields, which nothing reads.
+fn main_controller<K: Reconciled>(
+    client: &Client,
+    ns: Option<&str>,
+) -> Controller<DeserializeGuard<K>> {
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(guarded::<K>(client, ns), watcher::Config::default())
+            .modify(|g: &mut DeserializeGuard<K>| match &mut g.0 {
+                Ok(o) => o.meta_mut().managed_fields = None,
+                Err(e) => e.metadata.managed_fields = None,
+            })
+            .default_backoff(),
+    )
+    .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
+/// Objects of a referenced kind, only when their spec changes (a status update of an InputBot
+/// never wakes its Pipelines).
+fn spec_changes<K>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(kube::runtime::predicates::generation, Default::default())
 }
