@@ -1,11 +1,17 @@
 //! `inputbot`: the runtime binary. Thin: parse arguments, start telemetry, hand over to the
-//! command (`local` for `run` and `dlq redrive`, `validate`, `dlq::inspect`).
+//! command (`local` for `run` and `dlq redrive`, `roles::cluster` for `ingest`, `process` and
+//! `act`, `validate`, `dlq::inspect`).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use inputbot_runtime::{
-    dlq, local, roles,
+    bus::{KafkaOptions, KafkaSettings},
+    dlq, local,
+    roles::{
+        self,
+        cluster::{self, ClusterOptions, Role},
+    },
     telemetry::{self, LogFormat},
     validate,
 };
@@ -52,11 +58,69 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Run a bot's ingest component on Kafka, as its Deployment does: webhooks, poll and
+    /// schedule sources → the raw topic.
+    Ingest(RoleArgs),
+    /// Run a Pipeline's process component on Kafka: raw topic → steps → output topic.
+    Process(RoleArgs),
+    /// Run an ActionBinding's act component on Kafka: input topic → action.
+    Act(RoleArgs),
     /// Inspect and redrive dead letters of local runs.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+/// What every cluster role reads: the operator renders exactly these flags. Kafka settings come
+/// from `INPUTBOT_KAFKA_*` (see docs/runtime-kafka.md).
+#[derive(clap::Args, Debug)]
+struct RoleArgs {
+    /// The resolved component config the operator mounted (JSON; its `role` must match).
+    #[arg(long, default_value = "/etc/inputbot/component.json")]
+    config: PathBuf,
+    /// Mounted Secrets, as `<dir>/<secret>/<key>` files.
+    #[arg(long, default_value = "/var/run/inputbot/secrets")]
+    secrets_dir: PathBuf,
+    /// Address to serve /healthz, /readyz, /metrics (and webhooks, in ingest) on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Seconds shutdown lets in-flight events finish (keep it below the pod's grace period).
+    #[arg(long, default_value_t = 20)]
+    drain_timeout: u64,
+    /// Where poll sources keep their state.
+    #[arg(long, env = "INPUTBOT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+async fn run_role(role: Role, args: RoleArgs, format: LogFormat) -> ExitCode {
+    telemetry::init(format);
+    let settings = match KafkaSettings::from_env(&format!("inputbot-{}", role.as_str())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = ClusterOptions {
+        role,
+        config: args.config,
+        secrets_dir: args.secrets_dir,
+        listen: args.listen,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("inputbot-state")),
+        kafka: KafkaOptions::default(),
+    };
+    match cluster::run(&options, settings, roles::signal()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(target: "inputbot::run", "{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,6 +178,9 @@ fn load(
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ingest(args) => run_role(Role::Ingest, args, cli.log_format).await,
+        Command::Process(args) => run_role(Role::Process, args, cli.log_format).await,
+        Command::Act(args) => run_role(Role::Act, args, cli.log_format).await,
         Command::Validate { files, namespace } => {
             let report = validate::validate_files(&files, &namespace);
             print!("{}", report.text);
