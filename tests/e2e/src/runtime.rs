@@ -327,6 +327,11 @@ impl Target {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Answers `status` from now on.
+    pub fn set_status(&self, status: u16) {
+        *self.state.status.lock().expect("lock") = status;
+    }
+
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().expect("lock").clone()

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use inputbot_e2e::runtime::{
-    RoleProcess, Target, create_topics, free_port, read_topic, write_configs, write_secret,
+    RoleProcess, Target, create_topics, free_port, inputbot_binary, read_topic, write_configs,
+    write_secret,
 };
 use inputbot_e2e::{kafka_bootstrap, unique_suffix};
 use inputbot_runtime::dlq::DeadLetter;
@@ -268,6 +269,75 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
     assert!(
         read_topic(&setup.bootstrap, &setup.topics["crm-dlq"]).is_empty(),
         "nothing failed at the healthy target"
+    );
+
+    // `dlq inspect` lists them from the topic; once the target recovers, `dlq redrive` puts
+    // them back to the failed binding only (the healthy binding sees nothing twice).
+    let dlq = |args: &[&str]| {
+        std::process::Command::new(inputbot_binary())
+            .args(["dlq"])
+            .args(args)
+            .args(["--kafka-topic", &dlq_topic])
+            .env("INPUTBOT_KAFKA_BOOTSTRAP", &setup.bootstrap)
+            .output()
+            .expect("inputbot dlq runs")
+    };
+    let out = dlq(&["inspect", "--json", "--class", "status", "--name", "http"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(lines, expected.len(), "one JSON line per dead letter");
+    let out = dlq(&["inspect", "--json", "--class", "timeout"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 0);
+    let out = dlq(&["redrive", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(failing.received().len() < 3 * expected.len() + 1);
+    failing.set_status(200);
+    let before_ok = ok.received().len();
+    let out = dlq(&[
+        "redrive",
+        "--rate",
+        "1000",
+        "--filter",
+        "error.status == 500",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the redriven events delivered",
+        Duration::from_secs(30),
+        || {
+            failing
+                .received()
+                .iter()
+                .filter(|r| r.status == 200)
+                .count()
+                >= expected.len()
+        },
+    )
+    .await;
+    let redelivered: BTreeSet<i64> = failing
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| n_of(&r.body))
+        .collect();
+    assert_eq!(redelivered, expected);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ok.received().len(),
+        before_ok,
+        "the other binding skips redriven events"
     );
 
     // SIGTERM: every role drains, commits and exits 0.

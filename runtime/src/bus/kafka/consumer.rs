@@ -8,6 +8,9 @@
 //!  librdkafka auto-commits stored positions (1 s); revoke and close commit them at once
 //! ```
 //!
+//! A record with an `inputbot_redrive_group` header naming another group (a dead letter put
+//! back for one stage only) is acknowledged at once and not handed out.
+//!
 //! Every assignment of a partition gets a fresh epoch: an acknowledgement from before a revoke
 //! (the event is now redelivered to the partition's next owner) changes nothing.
 
@@ -207,6 +210,17 @@ impl KafkaConsumer {
         })
     }
 
+    /// Whether a record is for this group: everything is, except a redriven event meant for
+    /// another group ([`super::dlq::REDRIVE_GROUP`]).
+    fn for_us(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+        use rdkafka::message::Headers as _;
+        record.headers().is_none_or(|h| {
+            h.iter().all(|x| {
+                x.key != super::dlq::REDRIVE_GROUP || x.value == Some(self.group.as_bytes())
+            })
+        })
+    }
+
     fn message(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         let event = codec::decode(record.headers(), record.key(), record.payload());
         let (partition, offset) = (record.partition(), record.offset());
@@ -248,10 +262,12 @@ impl Consumer for KafkaConsumer {
             loop {
                 let received = tokio::select! {
                     () = self.closed.cancelled() => return None,
-                    r = self.inner.recv() => r.map(|m| self.message(&m)),
+                    r = self.inner.recv() => r.map(|m| (self.message(&m), self.for_us(&m))),
                 };
                 match received {
-                    Ok(message) => return Some(message),
+                    Ok((message, true)) => return Some(message),
+                    // Redriven to another group: handled by skipping it.
+                    Ok((message, false)) => message.ack(),
                     Err(e) => {
                         tracing::warn!(target: "inputbot::bus", topic = %self.topic, group = %self.group,
                             "kafka consumer: {e}");

@@ -23,6 +23,7 @@
 
 pub mod codec;
 pub mod consumer;
+pub mod dlq;
 pub mod settings;
 pub mod watermark;
 
@@ -306,6 +307,23 @@ impl KafkaBus {
                 Err(BusError::Kafka(format!("producing to {topic}: {e}")))
             }
         }
+    }
+
+    /// Publishes `event` to `topic` for consumer `group` only: every other group of the topic
+    /// skips it (`dlq redrive` puts a dead letter back to the stage that failed it).
+    pub async fn publish_to_group(
+        &self,
+        topic: &str,
+        group: &str,
+        event: &Event,
+    ) -> Result<(), BusError> {
+        let (headers, value) = codec::encode(event);
+        let headers = headers.insert(rdkafka::message::Header {
+            key: dlq::REDRIVE_GROUP,
+            value: Some(group.as_bytes()),
+        });
+        self.produce(topic, codec::key(event), headers, &value)
+            .await
     }
 
     fn note_topic(&self, topic: &str) {
