@@ -205,6 +205,10 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
     // The trace context travels webhook → raw → out → action.
     let raw = read_topic(&setup.bootstrap, &setup.topics["raw"]);
     assert_eq!(raw.len(), 20, "every accepted webhook is on the raw topic");
+    for r in &raw {
+        // No idempotency key on this source: records are keyed by the event source.
+        assert_eq!(r.key.as_deref(), Some(r.headers["ce_source"].as_str()));
+    }
     let trace_of: BTreeMap<&str, &str> = raw
         .iter()
         .map(|r| {
