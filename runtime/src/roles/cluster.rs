@@ -192,13 +192,15 @@ pub async fn start(
 ) -> Result<Running, ClusterError> {
     let config = load(&options.config, options.role)?;
     let bus = KafkaBus::connect(settings, options.kafka.clone(), &topics(&config)).await?;
+    let metrics = Metrics::new();
+    bus.set_metrics(metrics.clone());
     let client = reqwest::Client::builder()
         .user_agent(concat!("inputbot/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ClusterError::Client(e.to_string()))?;
     let cx = Context {
         bus: bus.clone(),
-        metrics: Metrics::new(),
+        metrics,
         secrets: SecretStore::Mounted(options.secrets_dir.clone()),
         client,
         health: Health::default(),

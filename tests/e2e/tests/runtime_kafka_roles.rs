@@ -344,6 +344,45 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
         "the other binding skips redriven events"
     );
 
+    // What an HPA and a person watch: produce latency, commits and lag per partition.
+    let metrics = |url: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let process_metrics = metrics(roles[2].url("/metrics")).await;
+    assert!(
+        process_metrics.contains(&format!(
+            "inputbot_kafka_produce_duration_seconds_count{{topic=\"{}\"}}",
+            setup.topics["out"]
+        )),
+        "{process_metrics}"
+    );
+    assert!(
+        process_metrics.contains("inputbot_kafka_commits_total{"),
+        "{process_metrics}"
+    );
+    let start = Instant::now();
+    loop {
+        let act_metrics = metrics(roles[0].url("/metrics")).await;
+        if act_metrics.contains("inputbot_kafka_consumer_lag{") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "no lag metric:\n{act_metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // SIGTERM: every role drains, commits and exits 0.
     for r in roles.iter_mut().rev() {
         let status = r.terminate(Duration::from_secs(20)).await;

@@ -35,7 +35,10 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 use super::{codec, watermark::Watermark};
-use crate::bus::{Consumer, Message};
+use crate::{
+    bus::{Consumer, Message},
+    metrics::{CommitLabels, Metrics, PartitionLabels},
+};
 
 /// One assigned partition.
 struct Tracked {
@@ -93,6 +96,7 @@ pub struct GroupContext {
     topic: String,
     group: String,
     assignment: Arc<Assignment>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ClientContext for GroupContext {
@@ -102,6 +106,33 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "inputbot::bus", group = %self.group, "kafka consumer: {error}: {reason}");
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each owned
+    /// partition behind the committed offset.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(m) = &self.metrics else { return };
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, p) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; a lag of -1 is unknown.
+            if *partition < 0 {
+                continue;
+            }
+            let labels = PartitionLabels {
+                group: self.group.clone(),
+                topic: self.topic.clone(),
+                partition: partition.to_string(),
+            };
+            if p.consumer_lag >= 0 {
+                m.kafka_consumer_lag
+                    .get_or_create(&labels)
+                    .set(p.consumer_lag);
+            } else {
+                m.kafka_consumer_lag.remove(&labels);
+            }
+        }
     }
 }
 
@@ -122,6 +153,29 @@ impl ConsumerContext for GroupContext {
             }
             tracing::info!(target: "inputbot::bus", group = %self.group, topic = %self.topic,
                 partitions = ?revoked, "partitions revoked");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        if let Some(m) = &self.metrics {
+            // "No offset" means there was nothing new to commit: not a failure.
+            let result = match result {
+                Ok(()) => "ok",
+                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+                    return;
+                }
+                Err(_) => "error",
+            };
+            m.kafka_commits
+                .get_or_create(&CommitLabels {
+                    group: self.group.clone(),
+                    result: result.to_owned(),
+                })
+                .inc();
         }
     }
 
@@ -183,7 +237,11 @@ impl KafkaConsumer {
         topic: &str,
         group: &str,
         closed: CancellationToken,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, KafkaError> {
+        if metrics.is_some() {
+            config.set("statistics.interval.ms", "5000");
+        }
         config
             .set("group.id", group)
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -199,6 +257,7 @@ impl KafkaConsumer {
             topic: topic.to_owned(),
             group: group.to_owned(),
             assignment: Arc::new(Assignment::default()),
+            metrics,
         };
         let inner: Inner = config.create_with_context(context)?;
         inner.subscribe(&[topic])?;

@@ -30,7 +30,7 @@ pub mod watermark;
 use std::{
     collections::BTreeSet,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -52,7 +52,11 @@ pub use self::{
     settings::{KafkaSettings, SettingsError},
 };
 use super::{Bus, BusError, Consumer};
-use crate::{dlq::DeadLetter, event::Event};
+use crate::{
+    dlq::DeadLetter,
+    event::Event,
+    metrics::{Metrics, TopicLabels},
+};
 
 /// How the Kafka bus produces and watches the broker.
 #[derive(Clone, Debug)]
@@ -124,6 +128,7 @@ pub struct KafkaBus {
     topics: Mutex<BTreeSet<String>>,
     health: Arc<HealthState>,
     closed: CancellationToken,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -168,10 +173,17 @@ impl KafkaBus {
             topics: Mutex::new(topics.iter().cloned().collect()),
             health: Arc::new(HealthState::default()),
             closed: CancellationToken::new(),
+            metrics: OnceLock::new(),
         });
         bus.check().await;
         tokio::spawn(monitor(Arc::downgrade(&bus)));
         Ok(bus)
+    }
+
+    /// Counts produce latency and failures, and (for consumers subscribed afterwards) commits
+    /// and lag, in `metrics`. Only the first call counts.
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The connection settings (for the DLQ tools).
@@ -290,11 +302,25 @@ impl KafkaBus {
             .key(key)
             .headers(headers)
             .payload(value);
-        match self
+        let sent = self
             .producer
             .send(record, Timeout::After(self.options.queue_timeout))
-            .await
-        {
+            .await;
+        if let Some(m) = self.metrics.get() {
+            let labels = TopicLabels {
+                topic: topic.to_owned(),
+            };
+            match &sent {
+                Ok(_) => m
+                    .kafka_produce_seconds
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64()),
+                Err(_) => {
+                    m.kafka_produce_failures.get_or_create(&labels).inc();
+                }
+            }
+        }
+        match sent {
             Ok(_) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(BusError::Full {
@@ -388,6 +414,7 @@ impl Bus for KafkaBus {
             topic,
             group,
             self.closed.child_token(),
+            self.metrics.get().cloned(),
         )
         .map_err(|e| BusError::Kafka(format!("joining group {group} on {topic}: {e}")))?;
         Ok(Box::new(consumer))
