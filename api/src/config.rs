@@ -373,6 +373,39 @@ mod tests {
     }
 
     #[test]
+    fn a_process_config_with_named_steps_round_trips_through_json() {
+        let yaml = r#"
+apiVersion: inputbot.dev/v1alpha1
+kind: InputBot
+metadata: {name: b, namespace: ns}
+spec:
+  sources: [{name: hook, webhook: {path: /h, auth: {none: {}}}}]
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: Pipeline
+metadata: {name: p, namespace: ns}
+spec:
+  botRef: {name: b}
+  steps:
+    - name: keep
+      filter: {when: 'true'}
+    - transform: {jq: '.'}
+"#;
+        let mut set = crate::manifest::ResourceSet::default();
+        crate::manifest::load_str(&mut set, "t.yaml", yaml, "ns").unwrap();
+        let resolved = crate::resolve::resolve(&set, crate::validate::Options::OPERATOR).unwrap();
+        let c = ComponentConfig::Process(resolved.process[0].clone());
+        let text = serde_json::to_string(&c).unwrap();
+        let back: ComponentConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        let ComponentConfig::Process(p) = back else {
+            panic!("a process config")
+        };
+        let names: Vec<&str> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["keep", "transform-2"]);
+    }
+
+    #[test]
     fn component_config_round_trips_through_json() {
         let c = ComponentConfig::Ingest(IngestConfig {
             bot: ResourceId::new("InputBot", "ns", "b"),

@@ -66,7 +66,13 @@ pub fn resolve_pipeline(p: &Pipeline) -> ProcessConfig {
             .enumerate()
             .map(|(i, step)| NamedStep {
                 name: step_name(step, i),
-                step: step.clone(),
+                // The resolved name is `NamedStep::name`; keeping the step's own as well would
+                // write a second `name` key into the flattened JSON the operator mounts, which
+                // no reader accepts.
+                step: crate::pipeline::Step {
+                    name: None,
+                    ..step.clone()
+                },
             })
             .collect(),
         max_in_flight: p

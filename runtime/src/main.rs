@@ -1,11 +1,17 @@
 //! `inputbot`: the runtime binary. Thin: parse arguments, start telemetry, hand over to the
-//! command (`local` for `run` and `dlq redrive`, `validate`, `dlq::inspect`).
+//! command (`local` for `run` and `dlq redrive`, `roles::cluster` for `ingest`, `process` and
+//! `act`, `validate`, `dlq::inspect`).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use inputbot_runtime::{
-    dlq, local, roles,
+    bus::{KafkaOptions, KafkaSettings, kafka::dlq as kafka_dlq},
+    dlq, local,
+    roles::{
+        self,
+        cluster::{self, ClusterOptions, Role},
+    },
     telemetry::{self, LogFormat},
     validate,
 };
@@ -52,11 +58,69 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Run a bot's ingest component on Kafka, as its Deployment does: webhooks, poll and
+    /// schedule sources → the raw topic.
+    Ingest(RoleArgs),
+    /// Run a Pipeline's process component on Kafka: raw topic → steps → output topic.
+    Process(RoleArgs),
+    /// Run an ActionBinding's act component on Kafka: input topic → action.
+    Act(RoleArgs),
     /// Inspect and redrive dead letters of local runs.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+/// What every cluster role reads: the operator renders exactly these flags. Kafka settings come
+/// from `INPUTBOT_KAFKA_*` (see docs/runtime-kafka.md).
+#[derive(clap::Args, Debug)]
+struct RoleArgs {
+    /// The resolved component config the operator mounted (JSON; its `role` must match).
+    #[arg(long, default_value = "/etc/inputbot/component.json")]
+    config: PathBuf,
+    /// Mounted Secrets, as `<dir>/<secret>/<key>` files.
+    #[arg(long, default_value = "/var/run/inputbot/secrets")]
+    secrets_dir: PathBuf,
+    /// Address to serve /healthz, /readyz, /metrics (and webhooks, in ingest) on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Seconds shutdown lets in-flight events finish (keep it below the pod's grace period).
+    #[arg(long, default_value_t = 20)]
+    drain_timeout: u64,
+    /// Where poll sources keep their state.
+    #[arg(long, env = "INPUTBOT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+async fn run_role(role: Role, args: RoleArgs, format: LogFormat) -> ExitCode {
+    telemetry::init(format);
+    let settings = match KafkaSettings::from_env(&format!("inputbot-{}", role.as_str())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = ClusterOptions {
+        role,
+        config: args.config,
+        secrets_dir: args.secrets_dir,
+        listen: args.listen,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        state_dir: args
+            .state_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("inputbot-state")),
+        kafka: KafkaOptions::default(),
+    };
+    match cluster::run(&options, settings, roles::signal()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(target: "inputbot::run", "{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +136,8 @@ enum DlqCommand {
         /// Print the records as JSON lines.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        kafka: KafkaDlqArgs,
     },
     /// Put dead letters back to the stage that failed them (rate-limited); those that go
     /// through are removed, those that fail again stay.
@@ -95,7 +161,94 @@ enum DlqCommand {
         /// Namespace of resources that do not name one.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        kafka: KafkaDlqArgs,
+        /// Only say what would be put back (Kafka).
+        #[arg(long)]
+        dry_run: bool,
     },
+}
+
+/// The dead-letter topic on Kafka instead of a local run's files (connection from
+/// `INPUTBOT_KAFKA_*`, as in the roles).
+#[derive(clap::Args, Debug)]
+struct KafkaDlqArgs {
+    /// A Kafka dead-letter topic, e.g. inputbot.team-a.crm.act.dlq.
+    #[arg(long)]
+    kafka_topic: Option<String>,
+    /// Only records dead-lettered at or after this RFC 3339 time (Kafka).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this error class: status, timeout, connection, validation, … (Kafka).
+    #[arg(long)]
+    class: Option<String>,
+    /// Only this step, action or resource name (Kafka).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-12-01T10:00:00Z: {e}"))
+}
+
+/// `dlq inspect|redrive --kafka-topic`.
+async fn kafka_dlq(
+    kafka: KafkaDlqArgs,
+    topic: &str,
+    filter: Option<String>,
+    redrive: Option<(f64, bool)>,
+    json: bool,
+) -> ExitCode {
+    let settings = match KafkaSettings::from_env("inputbot-dlq") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = match filter
+        .as_deref()
+        .map(|f| inputbot_api::expr::CelExpr::compile(f, inputbot_api::expr::Scope::DeadLetter))
+        .transpose()
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --filter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let selection = kafka_dlq::Selection {
+        since: kafka.since,
+        class: kafka.class,
+        name: kafka.name,
+        filter,
+    };
+    let result = match redrive {
+        None => kafka_dlq::inspect(settings, topic, &selection, json)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Some((rate, dry_run)) => kafka_dlq::redrive(settings, topic, &selection, rate, dry_run)
+            .await
+            .map(|r| {
+                println!(
+                    "{}: {}, left alone: {}",
+                    if dry_run { "would redrive" } else { "redriven" },
+                    r.redriven,
+                    r.kept
+                );
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(
@@ -114,6 +267,9 @@ fn load(
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ingest(args) => run_role(Role::Ingest, args, cli.log_format).await,
+        Command::Process(args) => run_role(Role::Process, args, cli.log_format).await,
+        Command::Act(args) => run_role(Role::Act, args, cli.log_format).await,
         Command::Validate { files, namespace } => {
             let report = validate::validate_files(&files, &namespace);
             print!("{}", report.text);
@@ -155,9 +311,43 @@ async fn main() -> ExitCode {
         Command::Dlq {
             command:
                 DlqCommand::Inspect {
+                    kafka:
+                        kafka @ KafkaDlqArgs {
+                            kafka_topic: Some(_),
+                            ..
+                        },
+                    json,
+                    ..
+                },
+        } => {
+            let topic = kafka.kafka_topic.clone().unwrap_or_default();
+            kafka_dlq(kafka, &topic, None, None, json).await
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Redrive {
+                    kafka:
+                        kafka @ KafkaDlqArgs {
+                            kafka_topic: Some(_),
+                            ..
+                        },
+                    filter,
+                    rate,
+                    dry_run,
+                    ..
+                },
+        } => {
+            telemetry::init(cli.log_format);
+            let topic = kafka.kafka_topic.clone().unwrap_or_default();
+            kafka_dlq(kafka, &topic, filter, Some((rate, dry_run)), false).await
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Inspect {
                     data_dir,
                     topic,
                     json,
+                    ..
                 },
         } => match dlq::inspect::inspect(&data_dir, topic.as_deref(), json) {
             Ok(()) => ExitCode::SUCCESS,
@@ -175,6 +365,7 @@ async fn main() -> ExitCode {
                     filter,
                     rate,
                     namespace,
+                    ..
                 },
         } => {
             telemetry::init(cli.log_format);

@@ -47,6 +47,33 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+/// Labels of Kafka producer metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// Topic.
+    pub topic: String,
+}
+
+/// Labels of Kafka offset commits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabels {
+    /// Consumer group.
+    pub group: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Labels of a consumer group's partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition number.
+    pub partition: String,
+}
+
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
@@ -80,6 +107,14 @@ pub struct Metrics {
     pub stage_seconds: Family<StageLabels, Histogram>,
     /// Events in flight per stage.
     pub in_flight: Family<StageLabels, Gauge>,
+    /// Kafka: publish to delivery report.
+    pub kafka_produce_seconds: Family<TopicLabels, Histogram>,
+    /// Kafka: records the broker did not take.
+    pub kafka_produce_failures: Family<TopicLabels, Counter>,
+    /// Kafka: offset commits by result.
+    pub kafka_commits: Family<CommitLabels, Counter>,
+    /// Kafka: records behind the committed offset, per partition this member owns.
+    pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +141,10 @@ impl Metrics {
             dropped: Family::default(),
             stage_seconds: Family::new_with_constructor(latency),
             in_flight: Family::default(),
+            kafka_produce_seconds: Family::new_with_constructor(latency),
+            kafka_produce_failures: Family::default(),
+            kafka_commits: Family::default(),
+            kafka_consumer_lag: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,6 +211,26 @@ impl Metrics {
             "events_in_flight",
             "Events being handled",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "kafka_produce_duration_seconds",
+            "Kafka publish to delivery report",
+            m.kafka_produce_seconds.clone(),
+        );
+        registry.register(
+            "kafka_produce_failures",
+            "Kafka records the broker did not take",
+            m.kafka_produce_failures.clone(),
+        );
+        registry.register(
+            "kafka_commits",
+            "Kafka offset commits, by result",
+            m.kafka_commits.clone(),
+        );
+        registry.register(
+            "kafka_consumer_lag",
+            "Kafka records behind the committed offset, per owned partition",
+            m.kafka_consumer_lag.clone(),
         );
         Arc::new(Self { registry, ..m })
     }

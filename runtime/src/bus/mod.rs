@@ -1,21 +1,39 @@
-//! The bus between roles: one trait, two implementations — Kafka (in a cluster; to come as
-//! `bus/kafka.rs`) and the embedded bus ([`embedded`], in one process, for `inputbot run`).
+//! The bus between roles: one trait, two implementations — [`kafka`] (in a cluster: one role
+//! per Deployment) and the embedded bus ([`embedded`], in one process, for `inputbot run`).
 //!
 //! ```text
 //!  ingest ──publish(raw)──▶ [topic] ──▶ group "…process" ──▶ process ──publish(out)──▶ …
 //!                                  └──▶ group "…act"     ──▶ act (botRef bindings)
-//!  process/act ──dead_letter(dlq)──▶ dead-letter store
+//!  process/act ──dead_letter(dlq)──▶ dead-letter topic (Kafka) / store (embedded)
 //! ```
 //!
-//! `publish` returns only once the event is held by the bus (Kafka: acknowledged by all
-//! in-sync replicas); a full bus answers with [`BusError::Full`] after a bounded wait, which
-//! intake turns into `503` + `Retry-After`. A consumer acknowledges a message only after it
-//! was fully handled (produced downstream, delivered, or dead-lettered).
+//! # The contract every implementation keeps, and every role relies on
 //!
-//! The contract every implementation keeps, and every role relies on: [`Bus::publish`] and
-//! [`Bus::dead_letter`] return `Ok` only once the bus holds the event durably; a [`Consumer`]
-//! hands out [`Message`]s, and the role calls [`Message::ack`] exactly once an event is
-//! finished (never before) — an unacknowledged message is handed out again after a restart.
+//! **Producing.** [`Bus::publish`] and [`Bus::dead_letter`] return `Ok` only once the bus holds
+//! the event durably (Kafka: the delivery report of an idempotent `acks=all` producer; embedded:
+//! queued, dead letters synced to disk). Any `Err` means *not held*: the caller must not answer
+//! `2xx` (intake answers `503` + `Retry-After`) and must not acknowledge what it consumed. A
+//! full bus answers [`BusError::Full`] after a bounded wait, never by growing memory.
+//!
+//! **Consuming.** A [`Consumer`] hands out [`Message`]s, possibly many at once, to be handled
+//! concurrently. The role calls [`Message::ack`] exactly once an event is *finished* — produced
+//! downstream (that `publish` returned `Ok`), delivered by the action, filtered, or written with
+//! `dead_letter` (that it returned `Ok`) — and never before. A message that is not acknowledged
+//! (the process stops, a write kept failing) is handed out again: after a restart, or to the
+//! partition's next owner after a rebalance. So delivery is **at least once**; handlers must
+//! tolerate seeing an event twice, and duplicates are bounded by what was in flight.
+//!
+//! Acknowledgements may come in any order. On Kafka the committed offset of a partition is its
+//! contiguous watermark: offset N is committed only once every offset ≤ N of that partition
+//! was acknowledged ([`kafka::watermark`]). Dropping a `Message` without `ack` is allowed (its
+//! event is redelivered later); acknowledging it twice is impossible (`ack` takes it).
+//!
+//! **Stopping.** A role stops calling [`Consumer::next`], waits for its handlers, then calls
+//! [`Consumer::close`]: Kafka commits the watermark and leaves the group, so the partitions
+//! move to another member at once.
+//!
+//! **Health.** [`Bus::healthy`] is readiness: false while the bus cannot take events (Kafka:
+//! no broker answers, or a topic the process uses does not exist).
 
 use std::time::Duration;
 
@@ -24,8 +42,10 @@ use futures::future::BoxFuture;
 use crate::{dlq::DeadLetter, event::Event};
 
 pub mod embedded;
+pub mod kafka;
 
 pub use embedded::{EmbeddedBus, EmbeddedOptions};
+pub use kafka::{KafkaBus, KafkaOptions, KafkaSettings};
 
 /// Why the bus did not take an event.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +127,14 @@ impl Message {
 pub trait Consumer: Send {
     /// The next message, or `None` once the bus is closed and the queue is empty.
     fn next(&mut self) -> BoxFuture<'_, Option<Message>>;
+
+    /// Leaves the group once the role is done with this consumer (every message it will ever
+    /// acknowledge was acknowledged): Kafka commits the watermark and leaves the group at once,
+    /// so the partitions move without waiting for a session timeout. The embedded bus has
+    /// nothing to do.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The bus.

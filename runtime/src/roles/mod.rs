@@ -10,7 +10,7 @@
 //!
 //! Each role is started by its module's `start` with one [`Context`] and knows nothing of the
 //! others: they meet only on the bus. Locally ([`crate::local`]) the three run in one process on
-//! the embedded bus; in a cluster each Deployment runs one role on the Kafka bus.
+//! the embedded bus; in a cluster each Deployment runs one role on the Kafka bus ([`cluster`]).
 //!
 //! A consuming role reads its topic as a consumer group, handles up to `max_in_flight` events
 //! at once (`consume`), and acknowledges an event only after it was fully handled: produced
@@ -20,6 +20,7 @@
 //! is not acknowledged (Kafka redelivers it).
 
 pub mod act;
+pub mod cluster;
 pub mod ingest;
 pub mod process;
 
@@ -137,7 +138,7 @@ fn resource_label(id: &ResourceId) -> String {
 }
 
 /// Runs `handle` for each message with at most `max_in_flight` at once, until the consumer
-/// ends or `stop` fires; then waits for what is in flight.
+/// ends or `stop` fires; then waits for what is in flight and closes the consumer.
 async fn consume<H, Fut>(
     mut consumer: Box<dyn Consumer>,
     max_in_flight: u32,
@@ -173,6 +174,8 @@ async fn consume<H, Fut>(
     while let Some(done) = tasks.join_next().await {
         log_panic(done);
     }
+    // Every acknowledgement is in: commit and leave the group.
+    consumer.close().await;
 }
 
 /// A handler that panicked lost its event: never let that pass quietly.

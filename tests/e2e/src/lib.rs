@@ -33,6 +33,7 @@ use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
 
 pub mod operator;
+pub mod runtime;
 
 /// The field manager of every server-side apply made by the tests.
 pub const FIELD_MANAGER: &str = "inputbot-e2e";

@@ -400,7 +400,7 @@ async fn accept(
             route.auth.forget(id);
         }
     };
-    let event = match parse(route, headers, &bytes) {
+    let mut event = match parse(route, headers, &bytes) {
         Ok(e) => e,
         Err(r) => {
             forget();
@@ -481,6 +481,14 @@ async fn accept(
         }
         None => None,
     };
+    // The idempotency key partitions the event on Kafka (CloudEvents' `partitionkey`), so every
+    // copy of one key lands on one partition, in order.
+    if let Some(key) = &key {
+        event.extensions.insert(
+            crate::bus::kafka::codec::PARTITION_KEY.to_owned(),
+            key.clone(),
+        );
+    }
     // Publish and its bookkeeping run in their own task: if the client goes away meanwhile
     // (hyper drops this future), the idempotency claim is still confirmed or released and the
     // delivery id still forgotten on failure, so the sender's retry is not locked out.

@@ -1,0 +1,377 @@
+//! One role alone on the Kafka bus, as a cluster Deployment runs it:
+//! `inputbot ingest|process|act --config FILE --secrets-dir DIR --listen ADDR`.
+//!
+//! ```text
+//!  config file (ComponentConfig, role checked) ─▶ KafkaBus (env settings, topics required)
+//!    ─▶ the role (ingest: sources + webhook routes; process / act: their consumer group)
+//!    ─▶ HTTP on --listen: /healthz, /readyz (bus healthy and not draining), /metrics (+ webhooks)
+//!  SIGTERM ─▶ readiness off, webhooks 503 ─▶ sources stop, HTTP answers what is open
+//!          ─▶ consumers take nothing more, in-flight events finish (until the drain timeout,
+//!             then deliveries are cut short and left unacknowledged: redelivered)
+//!          ─▶ commit the watermarks, leave the groups ─▶ flush the producer ─▶ exit
+//! ```
+//!
+//! Nothing is dead-lettered because of shutdown here (unlike locally): Kafka redelivers what
+//! was not acknowledged to the next owner of the partition.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use inputbot_api::config::ComponentConfig;
+use tokio::task::JoinSet;
+
+use super::{
+    Context, RoleError, Shutdown,
+    ingest::{Ingest, IngestOptions},
+};
+use crate::{
+    bus::{
+        Bus, KafkaBus, KafkaOptions, KafkaSettings,
+        kafka::{KafkaBusError, SettingsError},
+    },
+    metrics::Metrics,
+    secrets::SecretStore,
+    sources::webhook::{Health, Intake},
+};
+
+/// The role a process runs: the subcommand, checked against the config file's `role`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sources → raw topic.
+    Ingest,
+    /// Raw topic → steps → output topic (+ dead letters).
+    Process,
+    /// Input topic → action (+ dead letters).
+    Act,
+}
+
+impl Role {
+    /// `ingest`, `process` or `act` (the subcommand and the config's `role`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Process => "process",
+            Role::Act => "act",
+        }
+    }
+}
+
+/// How the role runs.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The role asked for.
+    pub role: Role,
+    /// The resolved config file (`serde_json` of a [`ComponentConfig`]).
+    pub config: PathBuf,
+    /// Mounted Secrets: `<dir>/<secret>/<key>`.
+    pub secrets_dir: PathBuf,
+    /// Where to serve `/healthz`, `/readyz`, `/metrics` (and, in ingest, the webhooks).
+    pub listen: SocketAddr,
+    /// How long shutdown lets in-flight events finish before cutting deliveries short.
+    pub drain_timeout: Duration,
+    /// Where poll sources keep their state (`<dir>/<group>.poll.json`).
+    pub state_dir: PathBuf,
+    /// Producer and health settings of the bus.
+    pub kafka: KafkaOptions,
+}
+
+/// Why a role could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The config file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    ReadConfig {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not a component config.
+    #[error("{path} is not a resolved component config: {source}")]
+    ParseConfig {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The subcommand and the file's role differ.
+    #[error(
+        "{path} is the config of the {found} role ({resource}), but this process was started as `inputbot {expected}`: the Deployment's args and its ConfigMap disagree"
+    )]
+    WrongRole {
+        /// File.
+        path: String,
+        /// The file's role.
+        found: &'static str,
+        /// The subcommand.
+        expected: &'static str,
+        /// The resource the file is for.
+        resource: String,
+    },
+    /// The Kafka settings are unusable.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The bus could not be set up.
+    #[error(transparent)]
+    Bus(#[from] KafkaBusError),
+    /// The role could not start.
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// What shutdown found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// Whether every in-flight event finished within the drain timeout.
+    pub drained: bool,
+}
+
+/// Reads and checks the config file.
+pub fn load(path: &std::path::Path, role: Role) -> Result<ComponentConfig, ClusterError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ClusterError::ReadConfig {
+        path: shown.clone(),
+        source,
+    })?;
+    let config: ComponentConfig =
+        serde_json::from_str(&text).map_err(|source| ClusterError::ParseConfig {
+            path: shown.clone(),
+            source,
+        })?;
+    if config.role() != role.as_str() {
+        return Err(ClusterError::WrongRole {
+            path: shown,
+            found: config.role(),
+            expected: role.as_str(),
+            resource: config.resource().to_string(),
+        });
+    }
+    Ok(config)
+}
+
+/// The topics a component reads and writes: the bus is ready only while all exist.
+pub fn topics(config: &ComponentConfig) -> Vec<String> {
+    match config {
+        ComponentConfig::Ingest(c) => vec![c.topic.clone()],
+        ComponentConfig::Process(c) => vec![
+            c.input_topic.clone(),
+            c.output_topic.clone(),
+            c.dead_letter_topic.clone(),
+        ],
+        ComponentConfig::Act(c) => std::iter::once(c.input_topic.clone())
+            .chain(c.dead_letter_topic.clone())
+            .collect(),
+    }
+}
+
+/// A running role.
+pub struct Running {
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+    cx: Context,
+    bus: Arc<KafkaBus>,
+    tasks: JoinSet<()>,
+    server: tokio::task::JoinHandle<()>,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish()
+    }
+}
+
+/// Loads the config, connects the bus and starts the role; returns once it serves HTTP.
+pub async fn start(
+    options: &ClusterOptions,
+    settings: KafkaSettings,
+) -> Result<Running, ClusterError> {
+    let config = load(&options.config, options.role)?;
+    let bus = KafkaBus::connect(settings, options.kafka.clone(), &topics(&config)).await?;
+    let metrics = Metrics::new();
+    bus.set_metrics(metrics.clone());
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("inputbot/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClusterError::Client(e.to_string()))?;
+    let cx = Context {
+        bus: bus.clone(),
+        metrics,
+        secrets: SecretStore::Mounted(options.secrets_dir.clone()),
+        client,
+        health: Health::default(),
+        shutdown: Shutdown::default(),
+        dead_letter_on_shutdown: false,
+    };
+    let mut tasks = JoinSet::new();
+    let (addr, server) = match &config {
+        ComponentConfig::Ingest(c) => {
+            let Ingest { addr, server } = super::ingest::start(
+                &cx,
+                std::slice::from_ref(c),
+                &IngestOptions {
+                    listen: Some(options.listen),
+                    sources: true,
+                    state_dir: options.state_dir.clone(),
+                },
+                &mut tasks,
+            )
+            .await?;
+            match (addr, server) {
+                (Some(addr), Some(server)) => (addr, server),
+                _ => unreachable!("ingest serves HTTP whenever it is given an address"),
+            }
+        }
+        ComponentConfig::Process(c) => {
+            super::process::start(&cx, std::slice::from_ref(c), &mut tasks)?;
+            serve_health(&cx, options.listen).await?
+        }
+        ComponentConfig::Act(c) => {
+            super::act::start(&cx, std::slice::from_ref(c), &mut tasks)?;
+            serve_health(&cx, options.listen).await?
+        }
+    };
+    tracing::info!(target: "inputbot::run", role = options.role.as_str(), resource = %config.resource(),
+        listen = %addr, ready = bus.healthy(), "running on the Kafka bus");
+    Ok(Running {
+        addr,
+        cx,
+        bus,
+        tasks,
+        server,
+        drain_timeout: options.drain_timeout,
+    })
+}
+
+/// `/healthz`, `/readyz` and `/metrics` for the roles without webhooks.
+async fn serve_health(
+    cx: &Context,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RoleError> {
+    let router = Intake::new(&[], cx.bus.clone(), cx.metrics.clone(), cx.health.clone())?.router();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RoleError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RoleError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let stop = cx.shutdown.http.clone();
+    let server = tokio::spawn(async move {
+        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = server.await {
+            tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
+        }
+    });
+    Ok((addr, server))
+}
+
+impl Running {
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.cx.metrics
+    }
+
+    /// Drains and stops (see the module docs).
+    pub async fn shutdown(mut self) -> Stopped {
+        let shutdown = &self.cx.shutdown;
+        self.cx.health.drain();
+        shutdown.sources.cancel();
+        shutdown.http.cancel();
+        if tokio::time::timeout(self.drain_timeout, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "inputbot::run", "HTTP requests still open after {:?}", self.drain_timeout);
+            self.server.abort();
+        }
+        shutdown.consumers.cancel();
+        let drained = tokio::time::timeout(self.drain_timeout, join_all(&mut self.tasks))
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(target: "inputbot::run", "drain timeout ({:?}): cutting deliveries short; Kafka redelivers them", self.drain_timeout);
+            shutdown.abort.cancel();
+            if tokio::time::timeout(Duration::from_secs(10), join_all(&mut self.tasks))
+                .await
+                .is_err()
+            {
+                self.tasks.abort_all();
+            }
+        }
+        if let Err(e) = self.bus.flush(Duration::from_secs(5)).await {
+            tracing::warn!(target: "inputbot::run", "{e}");
+        }
+        self.bus.close();
+        tracing::info!(target: "inputbot::run", drained, "stopped");
+        Stopped { drained }
+    }
+}
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while let Some(done) = tasks.join_next().await {
+        super::log_panic(done);
+    }
+}
+
+/// Runs a role until `stop` completes (SIGTERM in the binary), then drains.
+pub async fn run(
+    options: &ClusterOptions,
+    settings: KafkaSettings,
+    stop: impl Future<Output = ()>,
+) -> Result<Stopped, ClusterError> {
+    let running = start(options, settings).await?;
+    stop.await;
+    tracing::info!(target: "inputbot::run", "shutting down: readiness off, finishing in-flight events");
+    Ok(running.shutdown().await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("component.json");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn refuses_a_config_of_another_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            r#"{"role":"ingest","bot":{"kind":"InputBot","namespace":"ns","name":"b"},"topic":"inputbot.ns.b.raw","sources":[]}"#,
+        );
+        let e = load(&path, Role::Process).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("ingest role") && text.contains("inputbot process"),
+            "{text}"
+        );
+        let ComponentConfig::Ingest(c) = load(&path, Role::Ingest).unwrap() else {
+            panic!("an ingest config");
+        };
+        assert_eq!(topics(&ComponentConfig::Ingest(c)), ["inputbot.ns.b.raw"]);
+    }
+
+    #[test]
+    fn names_the_file_that_is_missing_or_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(&dir.path().join("nope.json"), Role::Act).unwrap_err();
+        assert!(e.to_string().contains("nope.json"), "{e}");
+        let path = write(&dir, r#"{"role":"teleport"}"#);
+        let e = load(&path, Role::Act).unwrap_err();
+        assert!(
+            e.to_string().contains("not a resolved component config"),
+            "{e}"
+        );
+    }
+}
