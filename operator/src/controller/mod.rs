@@ -228,10 +228,12 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
         Err(e) => return Err(e),
     };
 
-    // Topics before workloads: a consumer started on a missing topic only logs errors.
-    let (topics_ok, topics_message) = ensure_topics(obj, ctx, &plan).await?;
-
-    apply_children(ctx, &plan).await?;
+    // Topics and workloads at once: the runtime reports not-ready (and ingest answers 503)
+    // while a topic is missing, so nothing waits for the broker but Ready itself.
+    let (topics, applied) =
+        tokio::join!(ensure_topics(obj, ctx, &plan), apply_children(ctx, &plan));
+    applied?;
+    let (topics_ok, topics_message) = topics?;
     let key = (uid.clone(), generation);
     if !ctx.pruned.lock().expect("lock").contains(&key) {
         prune(ctx, &plan).await?;
