@@ -49,7 +49,7 @@ use http_body_util::BodyExt;
 use inputbot_api::{
     bot::WebhookSource,
     config::IngestConfig,
-    expr::{Activation, CelExpr, Scope},
+    expr::{Activation, CelExpr, EvalError, Limits, Scope},
 };
 use serde_json::{Value, json};
 
@@ -443,7 +443,12 @@ async fn accept(
                 .with("headers", lower_case_headers(headers))
                 .with("data", event.data.clone())
                 .with("event", event.attributes());
-            let key = match expr.eval(&vars) {
+            let expr_ = expr.clone();
+            let computed = crate::eval::run(Limits::default(), move || {
+                expr_.eval(&vars).map_err(EvalError::Failed)
+            })
+            .await;
+            let key = match computed {
                 Ok(Value::String(s)) => s,
                 Ok(Value::Null) | Err(_) => {
                     forget();
