@@ -202,11 +202,16 @@ mod tests {
             assert!(matches!(result, Err(EvalError::Budget(_))), "{result:?}");
         }
         assert!(started.elapsed() < Duration::from_secs(1));
-        assert_eq!(run(limits, || Ok(7)).await, Ok(7));
+        // Generous limits from here: other tests share the pool.
+        let quick = Limits {
+            steps: 1,
+            time: Duration::from_secs(5),
+        };
+        assert_eq!(run(quick, || Ok(7)).await, Ok(7));
         assert!(matches!(
-            run(limits, || -> Result<(), EvalError> { panic!("boom") }).await,
+            run(quick, || -> Result<(), EvalError> { panic!("boom") }).await,
             Err(EvalError::Failed(_))
         ));
-        assert_eq!(run(limits, || Ok(8)).await, Ok(8));
+        assert_eq!(run(quick, || Ok(8)).await, Ok(8));
     }
 }
