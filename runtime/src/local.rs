@@ -153,14 +153,11 @@ impl Engine {
             publish_timeout: options.publish_timeout,
             dead_letter_dir: options.data_dir.join("dlq"),
         });
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("inputbot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RunError::Unsupported {
-                resource: "runtime".into(),
-                field: "http client".into(),
-                message: e.to_string(),
-            })?;
+        let client = crate::outbound::client().map_err(|e| RunError::Unsupported {
+            resource: "runtime".into(),
+            field: "http client".into(),
+            message: e.to_string(),
+        })?;
         let cx = Context {
             bus: bus.clone(),
             metrics: Metrics::new(),
