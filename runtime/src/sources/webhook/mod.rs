@@ -395,6 +395,15 @@ async fn accept(
         .auth
         .verify(headers, &bytes, SystemTime::now())
         .map_err(|e: AuthError| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+    if verified.repeat {
+        // Already accepted: a retry, or a captured request resent. Published once only.
+        intake
+            .metrics
+            .duplicates
+            .get_or_create(&metrics::source(&route.bot, &route.source))
+            .inc();
+        return Ok((StatusCode::ACCEPTED, json!({"duplicate": true})));
+    }
     let forget = || {
         if let Some(id) = &verified.delivery_id {
             route.auth.forget(id);
@@ -503,6 +512,9 @@ async fn accept(
             Ok(()) => {
                 if let Some((key, store)) = claimed {
                     store.confirm(key);
+                }
+                if let Some(id) = &delivery_id {
+                    route.auth.confirm(id);
                 }
                 metrics
                     .accepted
