@@ -52,26 +52,14 @@ spec:
   sources:
     - name: hook
       webhook: {{path: /hook, auth: {{none: {{}}}}}}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: Pipeline
-metadata: {{name: flow}}
-spec:
-  botRef: {{name: open}}
-  steps: [{{filter: {{when: 'true'}}}}]
----
-apiVersion: inputbot.dev/v1alpha1
-kind: ActionBinding
-metadata: {{name: out}}
-spec:
-  pipelineRef: {{name: flow}}
-  action:
-    http:
-      url: '{url}'
-      headers: {{X-Api-Key: {{secretRef: {{name: api, key: key}}}}}}
-  delivery:
-    retry: {{maxAttempts: 1}}
-"#
+{}"#,
+        pass_through(
+            "open",
+            &format!(
+                "{{http: {{url: '{url}', headers: {{X-Api-Key: {{secretRef: {{name: api, key: key}}}}}}}}}}"
+            ),
+            "{retry: {maxAttempts: 1}}",
+        )
     )
 }
 

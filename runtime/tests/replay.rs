@@ -31,21 +31,8 @@ spec:
       webhook:
         path: /shop
         auth: {{hmac: {{preset: shopify, secretRef: {{name: creds, key: hmac}}}}}}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: Pipeline
-metadata: {{name: flow}}
-spec:
-  botRef: {{name: hooks}}
-  steps: [{{filter: {{when: 'true'}}}}]
----
-apiVersion: inputbot.dev/v1alpha1
-kind: ActionBinding
-metadata: {{name: out}}
-spec:
-  pipelineRef: {{name: flow}}
-  action: {{http: {{url: '{target}'}}}}
-"#
+{}"#,
+        pass_through("hooks", &format!("{{http: {{url: '{target}'}}}}"), "")
     )
 }
 

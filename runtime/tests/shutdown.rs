@@ -21,21 +21,8 @@ spec:
   sources:
     - name: items
       poll: {{url: '{feed}', interval: 1h, idField: /id}}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: Pipeline
-metadata: {{name: flow}}
-spec:
-  botRef: {{name: feed}}
-  steps: [{{filter: {{when: 'true'}}}}]
----
-apiVersion: inputbot.dev/v1alpha1
-kind: ActionBinding
-metadata: {{name: out}}
-spec:
-  pipelineRef: {{name: flow}}
-  action: {{log: {{template: 'item {{{{ data.id }}}}'}}}}
-"#
+{}"#,
+        pass_through("feed", "{log: {template: 'item {{ data.id }}'}}", "")
     )
 }
 

@@ -414,22 +414,19 @@ impl WebhookAuthenticator {
     /// Marks a replay key recorded by [`verify`](Self::verify) accepted (its event is durable):
     /// a repeat is then answered as a duplicate.
     pub fn confirm(&self, delivery_id: &str) {
-        if let Scheme::Hmac(v) = &self.scheme {
-            v.replay
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .confirm(delivery_id);
-        }
+        self.with_replays(|t| t.confirm(delivery_id));
     }
 
     /// Forgets a delivery id recorded by [`verify`](Self::verify), so that the sender's retry
     /// is accepted (the intake calls this when the event could not be made durable).
     pub fn forget(&self, delivery_id: &str) {
+        self.with_replays(|t| t.forget(delivery_id));
+    }
+
+    /// Runs `f` on the replay table, for schemes that have one.
+    fn with_replays(&self, f: impl FnOnce(&mut replay::ReplayTable)) {
         if let Scheme::Hmac(v) = &self.scheme {
-            v.replay
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .forget(delivery_id);
+            f(&mut v.replay.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 }
