@@ -221,3 +221,31 @@ async fn every_scheme_accepts_valid_and_refuses_tampered_expired_and_replayed_re
     assert!(failures.is_empty(), "{failures:#?}");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_401_names_the_scheme_to_use_in_www_authenticate() {
+    let (engine, _dir) = start(BOT).await;
+    let base = format!("http://{}", engine.addr().unwrap());
+    for (path, want) in [
+        ("bearer", "Bearer realm=\"inputbot\""),
+        ("basic", "Basic realm=\"inputbot\", charset=\"UTF-8\""),
+        ("github", "Signature realm=\"inputbot\""),
+    ] {
+        let r = client()
+            .post(format!("{base}/{path}"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some(want),
+            "{path}"
+        );
+    }
+    engine.shutdown().await;
+}

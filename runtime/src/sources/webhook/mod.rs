@@ -394,7 +394,11 @@ async fn accept(
     let verified = route
         .auth
         .verify(headers, &bytes, SystemTime::now())
-        .map_err(|e: AuthError| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+        .map_err(|e: AuthError| {
+            let mut refusal = Refusal::new(e.status(), e.reason(), e.to_string());
+            refusal.challenge = route.auth.challenge();
+            refusal
+        })?;
     if verified.repeat {
         // Already accepted: a retry, or a captured request resent. Published once only.
         intake

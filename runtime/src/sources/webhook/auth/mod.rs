@@ -411,6 +411,17 @@ impl WebhookAuthenticator {
         }
     }
 
+    /// The `WWW-Authenticate` challenge a `401` carries: the scheme a caller must use
+    /// (`Signature` for the HMAC presets, which have no registered HTTP scheme).
+    pub fn challenge(&self) -> Option<&'static str> {
+        match &self.scheme {
+            Scheme::Hmac(_) => Some("Signature realm=\"inputbot\""),
+            Scheme::Bearer(_) => Some("Bearer realm=\"inputbot\""),
+            Scheme::Basic(_) => Some("Basic realm=\"inputbot\", charset=\"UTF-8\""),
+            Scheme::None => None,
+        }
+    }
+
     /// Marks a replay key recorded by [`verify`](Self::verify) accepted (its event is durable):
     /// a repeat is then answered as a duplicate.
     pub fn confirm(&self, delivery_id: &str) {
