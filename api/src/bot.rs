@@ -214,8 +214,13 @@ pub struct HmacAuth {
     /// How far a signed timestamp may be from now. Defaults to 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<Duration>,
-    /// Header carrying a unique delivery id; a repeat inside `tolerance` (or 24h for senders
-    /// without timestamps) is rejected as a replay. Presets set it where the sender has one.
+    /// Header carrying the sender's delivery id, required on every request when set. It is not
+    /// signed, so it is not the replay key: replays are keyed on what the signature covers —
+    /// `standard-webhooks` on its signed `webhook-id`; `stripe`, `slack` and a generic
+    /// `timestampHeader` on the signed timestamp plus the body; `github`, `shopify` and generic
+    /// without a timestamp on the body alone. A repeat inside `tolerance` (24h without a
+    /// timestamp) of an accepted delivery is answered `202` as a duplicate and not published
+    /// again; while its first copy is still being stored, `409`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub delivery_id_header: Option<String>,

@@ -8,6 +8,7 @@
 //!  steps/     validate, transform, enrich, classify, filter
 //!  actions/   http, slack, email, log
 //!  delivery/  retry, breaker, rate_limit: how one event reaches an action's target
+//!  eval       jq and CEL off the async workers, under a time limit
 //!  outbound   every HTTP call out: send, failure classes, Retry-After, limits, redaction
 //!  bus/       the Bus trait; embedded (in one process)
 //!  dlq/       dead-letter records, the store, notices, inspect, redrive
@@ -17,6 +18,7 @@ pub mod actions;
 pub mod bus;
 pub mod delivery;
 pub mod dlq;
+pub mod eval;
 pub mod event;
 pub mod local;
 pub mod metrics;

@@ -7,7 +7,8 @@
 //!                                               ─▶ roles::ingest (HTTP + poll + schedule) ─▶ bus
 //! ```
 //!
-//! Shutdown drains: intake answers 503, sources stop, the bus settles (every accepted event is
+//! Shutdown drains: intake answers 503, sources stop (a poll or firing in flight is awaited,
+//! so what it marked seen is on the bus), the bus settles (every accepted event is
 //! delivered, filtered or dead-lettered), deliveries still retrying are cut short and
 //! dead-lettered (class `shutdown`, so `dlq redrive` can finish them), then everything stops.
 //!
@@ -123,7 +124,10 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     health: Health,
     shutdown: Shutdown,
+    /// Consumers (process and act).
     tasks: JoinSet<()>,
+    /// Poll and schedule sources: awaited on shutdown before the bus is asked to settle.
+    sources: JoinSet<()>,
     server: Option<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
 }
@@ -153,14 +157,11 @@ impl Engine {
             publish_timeout: options.publish_timeout,
             dead_letter_dir: options.data_dir.join("dlq"),
         });
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("inputbot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RunError::Unsupported {
-                resource: "runtime".into(),
-                field: "http client".into(),
-                message: e.to_string(),
-            })?;
+        let client = crate::outbound::client().map_err(|e| RunError::Unsupported {
+            resource: "runtime".into(),
+            field: "http client".into(),
+            message: e.to_string(),
+        })?;
         let cx = Context {
             bus: bus.clone(),
             metrics: Metrics::new(),
@@ -171,6 +172,7 @@ impl Engine {
             dead_letter_on_shutdown: true,
         };
         let mut tasks = JoinSet::new();
+        let mut sources = JoinSet::new();
 
         // Consumers first: an event published before its consumer joined would be lost.
         roles::act::start(&cx, &resolved.act, &mut tasks)?;
@@ -195,7 +197,7 @@ impl Engine {
                 sources: options.sources,
                 state_dir: options.data_dir.join("state"),
             },
-            &mut tasks,
+            &mut sources,
         )
         .await?;
         Ok(Self {
@@ -205,6 +207,7 @@ impl Engine {
             health: cx.health,
             shutdown: cx.shutdown,
             tasks,
+            sources,
             server,
             drain_timeout: options.drain_timeout,
         })
@@ -248,6 +251,16 @@ impl Engine {
                 .is_err()
         {
             tracing::warn!(target: "inputbot::run", "HTTP requests still open after {:?}", self.drain_timeout);
+        }
+        // A poll or firing in flight finishes (bounded by its timeout and the bus's publish
+        // timeout): what it marks seen is on the bus before the bus is asked to settle.
+        let sources_done = async { while self.sources.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.drain_timeout, sources_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "inputbot::run", "poll or schedule sources still running after {:?}", self.drain_timeout);
+            self.sources.abort_all();
         }
         let drained = self.bus.settle(self.drain_timeout).await;
         if !drained {

@@ -10,6 +10,12 @@
 //! - [`read_limited`]: response bodies are read up to a limit, so memory stays bounded;
 //! - [`redact_url`]: the one rule for showing a URL in a message, a log or `Debug` output —
 //!   without query, fragment, user name and password, any of which may carry a credential;
+//! - [`client`]: the one HTTP client, whose redirect policy follows a redirect only on the same
+//!   origin (scheme, host and port), so configured headers — secret ones included — never
+//!   reach another host, nor the same host over plain HTTP; another origin's `3xx` is the
+//!   answer (a [`FailureClass::Status`]);
+//! - [`render_url`]: URL templates, each hole percent-encoded as one path segment and `.` or
+//!   `..` refused, so an event cannot move the request elsewhere in the path;
 //! - [`resolve_headers`]: configured headers, literal or from Secrets (marked sensitive);
 //! - the message helpers ([`chain`], [`one_line`], [`human`]) that keep errors on one line and
 //!   free of URLs.
@@ -19,7 +25,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use http::{HeaderMap, HeaderName, HeaderValue, header::RETRY_AFTER};
-use inputbot_api::{common::Headers, config::FailureClass};
+use inputbot_api::{
+    common::Headers,
+    config::FailureClass,
+    expr::{Activation, Template},
+};
 
 use crate::{
     delivery::AttemptError,
@@ -32,6 +42,48 @@ pub const MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;
 pub const ERROR_BODY_BYTES: usize = 4096;
 /// Characters of an error response body quoted in the message.
 pub const ERROR_BODY_CHARS: usize = 200;
+
+/// Redirects followed at most, on the same origin.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// The runtime's HTTP client: same-origin redirects only (see the module docs).
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if attempt.url().origin() == first.origin() {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("inputbot/", env!("CARGO_PKG_VERSION")))
+        .redirect(policy)
+        .build()
+}
+
+/// Renders a URL template: each hole percent-encoded as one path segment; a hole that
+/// renders as `.` or `..` (which would move the request up or along the path) is refused.
+pub fn render_url(template: &Template, vars: &Activation) -> Result<String, String> {
+    let dot_segment = std::cell::Cell::new(false);
+    let url = template.render_with(vars, |s| {
+        if s == "." || s == ".." {
+            dot_segment.set(true);
+        }
+        urlencoding::encode(s).into_owned()
+    })?;
+    if dot_segment.get() {
+        return Err(
+            "a template hole rendered as `.` or `..`, which would move the request in the URL path"
+                .into(),
+        );
+    }
+    Ok(url)
+}
 
 /// Builds and sends `request`: the form used by the enrich step and the dead-letter notice.
 ///

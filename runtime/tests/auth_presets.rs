@@ -1,5 +1,6 @@
 //! Every webhook auth scheme over real HTTP through the running bot: a valid request is
-//! accepted, a tampered, expired or replayed one is refused with the right status. Signing
+//! accepted, a tampered or expired one is refused with the right status, and a repeat of an
+//! accepted one is answered `202` as a duplicate. Signing
 //! here is written from the senders' documentation, independently of the runtime's code.
 
 mod support;
@@ -173,10 +174,11 @@ async fn every_scheme_accepts_valid_and_refuses_tampered_expired_and_replayed_re
             202,
         );
         if replay_protected.contains(&preset) {
+            // A repeat of an accepted delivery is answered as a duplicate, not published.
             check(
                 "replayed",
                 post(&url, sign(preset, body, ts, &id), body).await,
-                409,
+                202,
             );
             check(
                 "tampered",
@@ -217,5 +219,33 @@ async fn every_scheme_accepts_valid_and_refuses_tampered_expired_and_replayed_re
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_401_names_the_scheme_to_use_in_www_authenticate() {
+    let (engine, _dir) = start(BOT).await;
+    let base = format!("http://{}", engine.addr().unwrap());
+    for (path, want) in [
+        ("bearer", "Bearer realm=\"inputbot\""),
+        ("basic", "Basic realm=\"inputbot\", charset=\"UTF-8\""),
+        ("github", "Signature realm=\"inputbot\""),
+    ] {
+        let r = client()
+            .post(format!("{base}/{path}"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(
+            r.headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some(want),
+            "{path}"
+        );
+    }
     engine.shutdown().await;
 }

@@ -22,8 +22,39 @@ mod jq;
 mod template;
 
 pub use cel::{Activation, CelExpr};
-pub use jq::JqProgram;
+pub use jq::{JqProgram, Limits, nesting_exceeds};
 pub use template::Template;
+
+/// The deepest nesting of arrays and objects a JSON parse accepts, everywhere in inputbot (the
+/// same as the intake's parser, serde_json).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Why an evaluation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// The expression broke a limit (steps, time or nesting): dead-letter class `budget`.
+    #[error("{0}")]
+    Budget(String),
+    /// The expression failed on this input.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl EvalError {
+    /// The dead-letter class: `budget` for a broken limit, else `otherwise`.
+    pub fn class(&self, otherwise: &'static str) -> &'static str {
+        match self {
+            EvalError::Budget(_) => "budget",
+            EvalError::Failed(_) => otherwise,
+        }
+    }
+}
+
+impl From<EvalError> for String {
+    fn from(e: EvalError) -> Self {
+        e.to_string()
+    }
+}
 
 /// Where an expression runs, which decides the names it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     delivery::AttemptError,
     event::Event,
-    outbound::{redact_url, resolve_headers, send_request},
+    outbound::{redact_url, render_url, resolve_headers, send_request},
     secrets::Secrets,
 };
 
@@ -143,10 +143,7 @@ impl HttpImpl {
     /// The request for `event`; an error here is the event's fault ([`FailureClass::Other`]).
     fn request(&self, event: &Event) -> Result<reqwest::Request, AttemptError> {
         let vars = event.activation();
-        let url = self
-            .url
-            .render_with(&vars, |s| urlencoding::encode(s).into_owned())
-            .map_err(|e| other(format!("http.url: {e}")))?;
+        let url = render_url(&self.url, &vars).map_err(|e| other(format!("http.url: {e}")))?;
         let url = reqwest::Url::parse(&url)
             .map_err(|e| other(format!("http.url: the rendered URL is not valid: {e}")))?;
         let (body, content_type) = match &self.body {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{DlqError, files, read};
+use super::{DlqError, files, read_all};
 
 /// Prints the dead letters under `data_dir` (only those of `topic` when given) to stdout.
 pub fn inspect(data_dir: &Path, topic: Option<&str>, json: bool) -> Result<(), DlqError> {
@@ -18,7 +18,13 @@ pub fn inspect(data_dir: &Path, topic: Option<&str>, json: bool) -> Result<(), D
         if topic.is_some_and(|t| t != name) {
             continue;
         }
-        let records = read(&path)?;
+        let (records, torn) = read_all(&path)?;
+        if let Some(line) = torn {
+            eprintln!(
+                "{}:{line}: skipped a torn last line (a write cut short; it was never acknowledged)",
+                path.display()
+            );
+        }
         total += records.len();
         if json {
             for r in &records {

@@ -22,4 +22,4 @@ pub mod redrive;
 pub mod store;
 
 pub use record::{DeadLetter, ErrorInfo, FailedAt};
-pub use store::{DlqError, append, files, read, rewrite};
+pub use store::{DlqError, append, files, read, read_all, rewrite};

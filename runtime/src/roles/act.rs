@@ -152,7 +152,14 @@ impl BindingWorker {
         let labels = metrics::stage(&self.label, kind);
         let event = &message.event;
         if let Some(when) = &self.when {
-            match when.eval_bool(&event.activation()) {
+            let (when, vars) = (when.clone(), event.activation());
+            let limits = inputbot_api::expr::Limits::default();
+            let decided = crate::eval::run(limits, move || {
+                when.eval_bool(&vars)
+                    .map_err(inputbot_api::expr::EvalError::Failed)
+            })
+            .await;
+            match decided {
                 Ok(true) => {}
                 Ok(false) => {
                     self.metrics
@@ -165,7 +172,7 @@ impl BindingWorker {
                 }
                 Err(error) => {
                     let info = ErrorInfo {
-                        class: "expression".into(),
+                        class: error.class("expression").into(),
                         message: format!("spec.when: {error}"),
                         status: None,
                         attempts: 0,

@@ -1,16 +1,17 @@
 //! The classify step: CEL rules add labels to the event (every matching rule, or only the
-//! first with `firstMatch`; the default label when none matched). Labels are added once.
+//! first with `firstMatch`; the default label when none matched). Labels are added once. The
+//! rules run on an expression thread, together under one time limit ([`crate::eval`]).
 
 use inputbot_api::{
-    expr::{CelExpr, Scope},
+    expr::{CelExpr, EvalError, Limits, Scope},
     pipeline::ClassifyStep,
 };
 
-use crate::event::Event;
+use crate::{eval, event::Event};
 
 /// Compiled rules.
 pub(super) struct Classify {
-    rules: Vec<(CelExpr, String)>,
+    rules: std::sync::Arc<[(CelExpr, String)]>,
     first_match: bool,
     default_label: Option<String>,
 }
@@ -35,17 +36,22 @@ impl Classify {
     }
 
     /// Adds the labels; on an error the event is left as it was.
-    pub(super) fn apply(&self, event: &mut Event) -> Result<(), String> {
+    pub(super) async fn apply(&self, event: &mut Event, limits: Limits) -> Result<(), EvalError> {
         let vars = event.activation();
-        let mut added = Vec::new();
-        for (expr, label) in &self.rules {
-            if expr.eval_bool(&vars)? {
-                added.push(label.clone());
-                if self.first_match {
-                    break;
+        let (rules, first_match) = (self.rules.clone(), self.first_match);
+        let mut added = eval::run(limits, move || {
+            let mut added = Vec::new();
+            for (expr, label) in rules.iter() {
+                if expr.eval_bool(&vars).map_err(EvalError::Failed)? {
+                    added.push(label.clone());
+                    if first_match {
+                        break;
+                    }
                 }
             }
-        }
+            Ok(added)
+        })
+        .await?;
         if added.is_empty() {
             added.extend(self.default_label.clone());
         }

@@ -81,10 +81,8 @@ impl Enricher {
 
     async fn fetch(&self, event: &Event) -> Result<Value, (String, Option<u16>)> {
         let vars = event.activation();
-        let url = self
-            .url
-            .render_with(&vars, |s| urlencoding::encode(s).into_owned())
-            .map_err(|e| (format!("url: {e}"), None))?;
+        let url =
+            outbound::render_url(&self.url, &vars).map_err(|e| (format!("url: {e}"), None))?;
         let body = match &self.body {
             Some(jq) => Some(
                 jq.run_one(&event.data)

@@ -1,9 +1,9 @@
 //! The filter step: events for which the CEL condition is false stop here, counted as
-//! filtered (not an error).
+//! filtered (not an error). It runs on an expression thread ([`crate::eval`]).
 
-use inputbot_api::expr::{CelExpr, Scope};
+use inputbot_api::expr::{CelExpr, EvalError, Limits, Scope};
 
-use crate::event::Event;
+use crate::{eval, event::Event};
 
 /// A compiled condition.
 pub(super) struct Filter(CelExpr);
@@ -14,7 +14,12 @@ impl Filter {
     }
 
     /// Whether the event goes on.
-    pub(super) fn apply(&self, event: &Event) -> Result<bool, String> {
-        self.0.eval_bool(&event.activation())
+    pub(super) async fn apply(&self, event: &Event, limits: Limits) -> Result<bool, EvalError> {
+        let expr = self.0.clone();
+        let vars = event.activation();
+        eval::run(limits, move || {
+            expr.eval_bool(&vars).map_err(EvalError::Failed)
+        })
+        .await
     }
 }

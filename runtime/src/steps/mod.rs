@@ -15,7 +15,7 @@ mod filter;
 mod transform;
 mod validate;
 
-use inputbot_api::{config::ProcessConfig, pipeline::StepKind};
+use inputbot_api::{config::ProcessConfig, expr::Limits, pipeline::StepKind};
 
 use self::{
     classify::Classify, enrich::Enricher, filter::Filter, transform::Transform, validate::Validate,
@@ -50,7 +50,8 @@ pub enum StepOutcome {
         event: Event,
         /// The step.
         step: String,
-        /// `validation`, `transform`, `enrich`, `expression`.
+        /// `validation`, `transform`, `enrich`, `expression`, `budget` (an expression broke its
+        /// time, step or nesting limit).
         class: &'static str,
         /// What went wrong.
         message: String,
@@ -75,6 +76,7 @@ struct Step {
 /// A compiled pipeline.
 pub struct Steps {
     steps: Vec<Step>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Steps {
@@ -126,7 +128,10 @@ impl Steps {
                 compiled,
             });
         }
-        Ok(Self { steps })
+        Ok(Self {
+            steps,
+            limits: Limits::default(),
+        })
     }
 
     /// Runs every step on `event`.
@@ -143,21 +148,29 @@ impl Steps {
             };
             let failed = match &step.compiled {
                 Compiled::Validate(v) => v.apply(&event).err().map(|m| ("validation", m, None)),
-                Compiled::Transform(t) => t.apply(&mut event).err().map(|m| ("transform", m, None)),
+                Compiled::Transform(t) => t
+                    .apply(&mut event, self.limits)
+                    .await
+                    .err()
+                    .map(|e| (e.class("transform"), e.into(), None)),
                 Compiled::Enrich(e) => e
                     .apply(&mut event)
                     .await
                     .err()
                     .map(|(m, s)| ("enrich", m, s)),
-                Compiled::Classify(c) => c.apply(&mut event).err().map(|m| ("expression", m, None)),
-                Compiled::Filter(f) => match f.apply(&event) {
+                Compiled::Classify(c) => c
+                    .apply(&mut event, self.limits)
+                    .await
+                    .err()
+                    .map(|e| (e.class("expression"), e.into(), None)),
+                Compiled::Filter(f) => match f.apply(&event, self.limits).await {
                     Ok(true) => None,
                     Ok(false) => {
                         return StepOutcome::Filtered {
                             step: step.name.clone(),
                         };
                     }
-                    Err(m) => Some(("expression", m, None)),
+                    Err(e) => Some((e.class("expression"), e.into(), None)),
                 },
             };
             if let Some((class, message, status)) = failed {

@@ -1,8 +1,9 @@
-//! The transform step: a jq program replaces the event data with its one output.
+//! The transform step: a jq program replaces the event data with its one output. It runs on an
+//! expression thread under its limits ([`crate::eval`]).
 
-use inputbot_api::expr::JqProgram;
+use inputbot_api::expr::{EvalError, JqProgram, Limits};
 
-use crate::event::Event;
+use crate::{eval, event::Event};
 
 /// A compiled jq program.
 pub(super) struct Transform(JqProgram);
@@ -13,8 +14,10 @@ impl Transform {
     }
 
     /// Replaces the data; on an error the event is left as it was.
-    pub(super) fn apply(&self, event: &mut Event) -> Result<(), String> {
-        event.data = self.0.run_one(&event.data)?;
+    pub(super) async fn apply(&self, event: &mut Event, limits: Limits) -> Result<(), EvalError> {
+        let program = self.0.clone();
+        let data = event.data.clone();
+        event.data = eval::run(limits, move || program.run_one_limited(&data, limits)).await?;
         Ok(())
     }
 }

@@ -155,6 +155,34 @@ async fn handle(
     (StatusCode::from_u16(status).unwrap(), "")
 }
 
+/// A Pipeline `flow` of `bot` that passes every event on, and an ActionBinding `out` of it
+/// doing `action` (YAML flow text, e.g. `{log: {}}`), with `delivery` (flow text, or empty).
+pub fn pass_through(bot: &str, action: &str, delivery: &str) -> String {
+    let delivery = if delivery.is_empty() {
+        String::new()
+    } else {
+        format!("\n  delivery: {delivery}")
+    };
+    format!(
+        r#"
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: flow}}
+spec:
+  botRef: {{name: {bot}}}
+  steps: [{{filter: {{when: 'true'}}}}]
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: ActionBinding
+metadata: {{name: out}}
+spec:
+  pipelineRef: {{name: flow}}
+  action: {action}{delivery}
+"#
+    )
+}
+
 /// Loads YAML text into a resource set.
 pub fn resources(yaml: &str) -> ResourceSet {
     let mut set = ResourceSet::default();

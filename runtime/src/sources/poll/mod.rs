@@ -15,8 +15,9 @@
 //!   item of the response was emitted, so a failed poll is never answered by a `304` later;
 //!   without `idField`, a poll that stopped part way resumes after the items it emitted when it
 //!   gets the same body again (kept in memory only);
-//! - seen ids are bounded ([`SEEN_CAPACITY`], the least recently seen are forgotten first)
-//!   and, with a state file, persisted atomically after every poll that changed them, so a
+//! - seen ids are bounded ([`SEEN_CAPACITY`], the least recently seen are forgotten first),
+//!   but never below the length of the current response, so a long feed is not re-emitted;
+//!   with a state file they are persisted atomically after every poll that changed them, so a
 //!   restart neither re-emits old items nor misses new ones.
 //!
 //! An item without a usable id (no value at `idField`, or one that is neither a string nor a
@@ -294,6 +295,9 @@ impl Poller {
         let mut changed = false;
         let mut failure = None;
         let mut without_id = 0;
+        if self.id_field.is_some() {
+            self.seen.hold_at_least(items.len());
+        }
         for item in items.into_iter().skip(skip) {
             let id = match &self.id_field {
                 Some(pointer) => match item.pointer(pointer) {

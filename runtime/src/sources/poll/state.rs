@@ -1,5 +1,5 @@
 //! What a poller remembers: the ids it has emitted (bounded, least recently seen forgotten
-//! first) and the validators of the last complete response, persisted atomically to a state
+//! first, never fewer than the current response holds) and the validators of the last complete response, persisted atomically to a state
 //! file after every poll that changed them.
 
 use std::{
@@ -33,9 +33,15 @@ struct StateFile {
 
 const STATE_VERSION: u32 = 1;
 
-/// A bounded set of ids that forgets the least recently seen first.
+/// A bounded set of ids that forgets the least recently seen first. It always holds at least
+/// the ids of the current response ([`SeenIds::hold_at_least`]): were a feed longer than the
+/// capacity, each id would push out one the same poll is about to look for, and the whole
+/// feed would be emitted again on every poll. The response body is bounded, so this is too.
 #[derive(Debug, Default)]
 pub(super) struct SeenIds {
+    /// The configured capacity.
+    base: usize,
+    /// The capacity in force: the base, or the length of the current response if larger.
     capacity: usize,
     tick: u64,
     /// id → tick of its last touch.
@@ -47,9 +53,16 @@ pub(super) struct SeenIds {
 impl SeenIds {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
+            base: capacity.max(1),
             capacity: capacity.max(1),
             ..Self::default()
         }
+    }
+
+    /// Keeps room for `n` ids (the items of the response being handled), so none of them is
+    /// forgotten while the others are touched; back to the base when the feed shrinks.
+    pub(super) fn hold_at_least(&mut self, n: usize) {
+        self.capacity = self.base.max(n);
     }
 
     pub(super) fn contains(&self, id: &str) -> bool {
@@ -105,6 +118,7 @@ impl Poller {
                 ),
             ));
         }
+        self.seen.hold_at_least(state.seen.len());
         for id in &state.seen {
             self.seen.touch(id);
         }

@@ -651,3 +651,24 @@ fn bad_specs_are_refused_with_the_field() {
         }
     ));
 }
+
+#[tokio::test]
+async fn a_feed_longer_than_the_seen_capacity_is_not_emitted_again_on_every_poll() {
+    let feed = |n: usize| json!((0..n).rev().map(|i| json!({"id": i})).collect::<Vec<_>>());
+    let body = Arc::new(Mutex::new(feed(8)));
+    let b = body.clone();
+    let url = serve(Arc::new(move |_| json_response(&b.lock().unwrap()))).await;
+    let mut s = spec(&url);
+    s.id_field = Some("/id".into());
+    let mut p = poller(&s, None);
+    p.seen = SeenIds::new(5);
+    let sink = MemorySink::default();
+
+    assert_eq!(p.poll_once(&sink).await.unwrap(), 8);
+    // One new item at the top of a feed of nine: only it is new.
+    *body.lock().unwrap() = feed(9);
+    assert_eq!(p.poll_once(&sink).await.unwrap(), 1);
+    *body.lock().unwrap() = feed(10);
+    assert_eq!(p.poll_once(&sink).await.unwrap(), 1);
+    assert_eq!(sink.events.lock().unwrap().len(), 10);
+}

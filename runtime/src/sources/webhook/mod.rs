@@ -49,7 +49,7 @@ use http_body_util::BodyExt;
 use inputbot_api::{
     bot::WebhookSource,
     config::IngestConfig,
-    expr::{Activation, CelExpr, Scope},
+    expr::{Activation, CelExpr, EvalError, Limits, Scope},
 };
 use serde_json::{Value, json};
 
@@ -394,7 +394,20 @@ async fn accept(
     let verified = route
         .auth
         .verify(headers, &bytes, SystemTime::now())
-        .map_err(|e: AuthError| Refusal::new(e.status(), e.reason(), e.to_string()))?;
+        .map_err(|e: AuthError| {
+            let mut refusal = Refusal::new(e.status(), e.reason(), e.to_string());
+            refusal.challenge = route.auth.challenge();
+            refusal
+        })?;
+    if verified.repeat {
+        // Already accepted: a retry, or a captured request resent. Published once only.
+        intake
+            .metrics
+            .duplicates
+            .get_or_create(&metrics::source(&route.bot, &route.source))
+            .inc();
+        return Ok((StatusCode::ACCEPTED, json!({"duplicate": true})));
+    }
     let forget = || {
         if let Some(id) = &verified.delivery_id {
             route.auth.forget(id);
@@ -443,7 +456,12 @@ async fn accept(
                 .with("headers", lower_case_headers(headers))
                 .with("data", event.data.clone())
                 .with("event", event.attributes());
-            let key = match expr.eval(&vars) {
+            let expr_ = expr.clone();
+            let computed = crate::eval::run(Limits::default(), move || {
+                expr_.eval(&vars).map_err(EvalError::Failed)
+            })
+            .await;
+            let key = match computed {
                 Ok(Value::String(s)) => s,
                 Ok(Value::Null) | Err(_) => {
                     forget();
@@ -506,6 +524,9 @@ async fn accept(
             Ok(()) => {
                 if let Some((key, store)) = claimed {
                     store.confirm(key);
+                }
+                if let Some(id) = &delivery_id {
+                    route.auth.confirm(id);
                 }
                 metrics
                     .accepted

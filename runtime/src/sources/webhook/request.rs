@@ -21,6 +21,8 @@ pub(super) struct Refusal {
     pub(super) message: String,
     pub(super) retry_after: Option<u64>,
     pub(super) allow: bool,
+    /// The `WWW-Authenticate` challenge of a `401`.
+    pub(super) challenge: Option<&'static str>,
 }
 
 impl Refusal {
@@ -35,6 +37,7 @@ impl Refusal {
             message: message.into(),
             retry_after: None,
             allow: false,
+            challenge: None,
         }
     }
 
@@ -48,6 +51,15 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = json!({"error": {"status": self.status.as_u16(), "reason": self.reason, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(challenge) = self
+            .challenge
+            .filter(|_| self.status == StatusCode::UNAUTHORIZED)
+        {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(challenge),
+            );
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

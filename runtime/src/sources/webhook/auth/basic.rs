@@ -39,7 +39,7 @@ impl Basic {
         let ok =
             sha256(user).ct_eq(&self.username_digest) & sha256(pass).ct_eq(&self.password_digest);
         if bool::from(ok) {
-            Ok(Verified { delivery_id: None })
+            Ok(Verified::default())
         } else {
             Err(AuthError::BadCredentials {
                 what: "the user name or password",

@@ -21,7 +21,7 @@ use super::{
     AuthConfigError, AuthError, BASE64, DEFAULT_TOLERANCE, REPLAY_CAPACITY,
     UNTIMESTAMPED_REPLAY_WINDOW, Verified, header_name, non_empty,
     presets::{self, Layout, Preset},
-    replay::ReplayTable,
+    replay::{ReplayTable, Seen},
     resolve, sha256,
 };
 
@@ -283,14 +283,19 @@ impl HmacVerifier {
             });
         }
 
-        // The replay key: the sender's delivery id, or a timestamp plus a digest of the body.
+        // The replay key is what the signature covers, never an unsigned header (a captured
+        // request resent with a new delivery id must still be a repeat): the signed id of
+        // standard webhooks, else the signed timestamp and a digest of the body, else the
+        // digest of the body alone. The delivery id header, when configured, must be present.
         if id.is_none() {
             if let Some(h) = &self.delivery_id_header {
-                id = Some(self.delivery_id(headers, h)?);
-            } else if let Some(ts) = &ts_text {
-                let digest = sha256(body);
-                id = Some(format!("{ts}.{}", hex::encode(&digest[..16])));
+                self.delivery_id(headers, h)?;
             }
+            let digest = hex::encode(&sha256(body)[..16]);
+            id = Some(match &ts_text {
+                Some(ts) => format!("{ts}.{digest}"),
+                None => format!("body.{digest}"),
+            });
         }
         if let Some(key) = &id {
             let window = self.replay_window();
@@ -307,14 +312,26 @@ impl HmacVerifier {
                 .replay
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !table.insert(key, now, expires) {
-                return Err(AuthError::Replayed {
-                    delivery_id: key.clone(),
-                    window_secs: window.as_secs(),
-                });
+            match table.insert(key, now, expires) {
+                Seen::New => {}
+                Seen::Accepted => {
+                    return Ok(Verified {
+                        delivery_id: id,
+                        repeat: true,
+                    });
+                }
+                Seen::Pending => {
+                    return Err(AuthError::Replayed {
+                        delivery_id: key.clone(),
+                        window_secs: window.as_secs(),
+                    });
+                }
             }
         }
-        Ok(Verified { delivery_id: id })
+        Ok(Verified {
+            delivery_id: id,
+            repeat: false,
+        })
     }
 
     fn replay_window(&self) -> Duration {

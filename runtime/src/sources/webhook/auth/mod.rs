@@ -11,20 +11,26 @@
 //!
 //! | scheme | signature | signed content | replay key |
 //! |---|---|---|---|
-//! | `github` | `X-Hub-Signature-256: sha256=<hex>` | body | `X-GitHub-Delivery` |
+//! | `github` | `X-Hub-Signature-256: sha256=<hex>` | body | digest of the body |
 //! | `stripe` | `Stripe-Signature: t=<ts>,v1=<hex>…` | `{t}.{body}` | `t` + digest of the body |
 //! | `slack` | `X-Slack-Signature: v0=<hex>` | `v0:{ts}:{body}` | ts + digest of the body |
-//! | `shopify` | `X-Shopify-Hmac-Sha256: <base64>` | body | `X-Shopify-Webhook-Id` |
+//! | `shopify` | `X-Shopify-Hmac-Sha256: <base64>` | body | digest of the body |
 //! | `standard-webhooks` | `webhook-signature: v1,<base64> …` | `{id}.{ts}.{body}` | `webhook-id` |
-//! | `generic` | configured | body, or `{ts}.{body}` | `deliveryIdHeader`, else ts + digest |
+//! | `generic` | configured | body, or `{ts}.{body}` | (ts +) digest of the body |
 //! | `bearer` | `Authorization: Bearer <token>` | — | — |
 //! | `basic` | `Authorization: Basic base64(user:pass)` | — | — |
 //! | `none` | — | — | — |
 //!
 //! Every comparison is constant-time, and every configured secret (the `secretRef` and the
 //! `additionalSecretRefs` used for rotation) is tried, whether or not an earlier one matched.
-//! Replay keys are recorded only after the signature verified, for `tolerance` (timestamped
-//! schemes) or 24 hours (others), in a bounded table ([`REPLAY_CAPACITY`] entries, oldest
+//! The replay key is what the signature covers, never an unsigned header: GitHub's and
+//! Shopify's delivery ids (and a generic `deliveryIdHeader`) are not signed, so a captured
+//! request resent with a new id is still the same delivery. A repeat of a delivery already
+//! accepted is answered `202` with `"duplicate": true` and not published again (a sender's
+//! retry must not look like a failure); a repeat while the first copy is still being made
+//! durable gets `409`. Two deliveries with byte-identical signed content inside the window
+//! are one delivery. Replay keys are recorded only after the signature verified, for
+//! `tolerance` (timestamped schemes) or 24 hours (others), in a bounded table ([`REPLAY_CAPACITY`] entries, oldest
 //! evicted first). Error messages say what was expected and what was found, but never contain
 //! a secret, a computed signature or a received signature.//!
 //! ```text
@@ -72,12 +78,16 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// A request that passed authentication.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Verified {
-    /// The key recorded against replays (a sender's delivery id, or for senders without one a
-    /// timestamp plus a digest of the body); pass it to [`WebhookAuthenticator::forget`] when
-    /// the event could not be made durable.
+    /// The key recorded against replays — what the signature covers: the signed id
+    /// (`standard-webhooks`), else the signed timestamp plus a digest of the body, else the
+    /// digest of the body. Pass it to [`WebhookAuthenticator::confirm`] once the event is
+    /// durable, or to [`WebhookAuthenticator::forget`] when it could not be made durable.
     pub delivery_id: Option<String>,
+    /// The same signed content was accepted before, inside the replay window: answer `2xx`
+    /// as a duplicate and publish nothing (a sender's retry, or a captured request resent).
+    pub repeat: bool,
 }
 
 /// Why a request was refused. Messages never contain a secret or a signature value.
@@ -112,8 +122,10 @@ pub enum AuthError {
         /// How far off it is, e.g. `"600s in the past"`.
         skew: String,
     },
-    /// The delivery was already accepted inside the replay window.
-    #[error("replayed: delivery {delivery_id:?} was already accepted in the last {window_secs}s")]
+    /// The same signed content is still being accepted (its first copy is not yet durable).
+    #[error(
+        "replayed: delivery {delivery_id:?} is still being accepted (replay window {window_secs}s); retry"
+    )]
     Replayed {
         /// The replay key that repeated.
         delivery_id: String,
@@ -395,18 +407,37 @@ impl WebhookAuthenticator {
             Scheme::Hmac(v) => v.verify(headers, body, now),
             Scheme::Bearer(b) => b.verify(headers),
             Scheme::Basic(b) => b.verify(headers),
-            Scheme::None => Ok(Verified { delivery_id: None }),
+            Scheme::None => Ok(Verified::default()),
         }
+    }
+
+    /// The `WWW-Authenticate` challenge a `401` carries: the scheme a caller must use
+    /// (`Signature` for the HMAC presets, which have no registered HTTP scheme).
+    pub fn challenge(&self) -> Option<&'static str> {
+        match &self.scheme {
+            Scheme::Hmac(_) => Some("Signature realm=\"inputbot\""),
+            Scheme::Bearer(_) => Some("Bearer realm=\"inputbot\""),
+            Scheme::Basic(_) => Some("Basic realm=\"inputbot\", charset=\"UTF-8\""),
+            Scheme::None => None,
+        }
+    }
+
+    /// Marks a replay key recorded by [`verify`](Self::verify) accepted (its event is durable):
+    /// a repeat is then answered as a duplicate.
+    pub fn confirm(&self, delivery_id: &str) {
+        self.with_replays(|t| t.confirm(delivery_id));
     }
 
     /// Forgets a delivery id recorded by [`verify`](Self::verify), so that the sender's retry
     /// is accepted (the intake calls this when the event could not be made durable).
     pub fn forget(&self, delivery_id: &str) {
+        self.with_replays(|t| t.forget(delivery_id));
+    }
+
+    /// Runs `f` on the replay table, for schemes that have one.
+    fn with_replays(&self, f: impl FnOnce(&mut replay::ReplayTable)) {
         if let Scheme::Hmac(v) = &self.scheme {
-            v.replay
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .forget(delivery_id);
+            f(&mut v.replay.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 }

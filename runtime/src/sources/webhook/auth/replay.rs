@@ -1,7 +1,8 @@
-//! The replay table: delivery ids (or timestamp + body digest) accepted recently, each kept
-//! until its request could no longer pass the freshness check. Bounded: at most
+//! The replay table: replay keys (what the signature covers: the body, a signed timestamp, a
+//! signed id) seen recently, each kept until its request could no longer pass the freshness
+//! check, and marked accepted once the event is durable. Bounded: at most
 //! [`REPLAY_CAPACITY`](super::REPLAY_CAPACITY) keys, the oldest evicted first, and stored as
-//! SHA-256 digests whatever the sender puts in its id header.
+//! SHA-256 digests whatever the request holds.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,12 +11,23 @@ use std::{
 
 use super::sha256;
 
-/// Replay keys accepted recently. Keys are stored as SHA-256 digests, so memory is bounded by
-/// the capacity whatever the sender puts in its id header.
+/// What [`ReplayTable::insert`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// The key is new: recorded now, pending until [`ReplayTable::confirm`].
+    New,
+    /// The key was recorded and its event is durable: a repeat, to answer without publishing.
+    Accepted,
+    /// The key was recorded and its event is still being made durable.
+    Pending,
+}
+
+/// Replay keys seen recently. Keys are stored as SHA-256 digests, so memory is bounded by
+/// the capacity whatever the request holds.
 pub(crate) struct ReplayTable {
     capacity: usize,
-    /// Digest of the key → (expiry, insertion sequence number).
-    entries: HashMap<[u8; 32], (SystemTime, u64)>,
+    /// Digest of the key → (expiry, insertion sequence number, accepted).
+    entries: HashMap<[u8; 32], (SystemTime, u64, bool)>,
     /// Insertion order; an element is stale when its sequence number no longer matches.
     order: VecDeque<(u64, [u8; 32])>,
     next_seq: u64,
@@ -31,19 +43,23 @@ impl ReplayTable {
         }
     }
 
-    /// Records `key` until `expires`; false if it is already recorded and not yet expired.
-    pub(crate) fn insert(&mut self, key: &str, now: SystemTime, expires: SystemTime) -> bool {
+    /// Records `key` until `expires` (pending), unless it is recorded and not yet expired.
+    pub(crate) fn insert(&mut self, key: &str, now: SystemTime, expires: SystemTime) -> Seen {
         let digest = sha256(key.as_bytes());
-        if let Some((expiry, _)) = self.entries.get(&digest)
+        if let Some((expiry, _, accepted)) = self.entries.get(&digest)
             && *expiry > now
         {
-            return false;
+            return if *accepted {
+                Seen::Accepted
+            } else {
+                Seen::Pending
+            };
         }
         self.prune(now);
         while self.entries.len() >= self.capacity {
             match self.order.pop_front() {
                 Some((seq, d)) => {
-                    if self.entries.get(&d).is_some_and(|(_, s)| *s == seq) {
+                    if self.entries.get(&d).is_some_and(|(_, s, _)| *s == seq) {
                         self.entries.remove(&d);
                     }
                 }
@@ -52,22 +68,29 @@ impl ReplayTable {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.insert(digest, (expires, seq));
+        self.entries.insert(digest, (expires, seq, false));
         self.order.push_back((seq, digest));
         if self.order.len() > 2 * self.capacity.max(16) {
             // Drop elements left behind by `forget` and re-inserts.
             let entries = &self.entries;
             self.order
-                .retain(|(seq, d)| entries.get(d).is_some_and(|(_, s)| s == seq));
+                .retain(|(seq, d)| entries.get(d).is_some_and(|(_, s, _)| s == seq));
         }
-        true
+        Seen::New
+    }
+
+    /// Marks `key` accepted: its event is durable, so a repeat is answered as a duplicate.
+    pub(crate) fn confirm(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(&sha256(key.as_bytes())) {
+            entry.2 = true;
+        }
     }
 
     /// Drops expired or stale entries from the front of the insertion order.
     fn prune(&mut self, now: SystemTime) {
         while let Some((seq, d)) = self.order.front().copied() {
             match self.entries.get(&d) {
-                Some((expiry, s)) if *s == seq => {
+                Some((expiry, s, _)) if *s == seq => {
                     if *expiry > now {
                         break;
                     }
@@ -102,22 +125,28 @@ mod tests {
         let mut table = ReplayTable::new(3);
         let later = at(NOW + 60);
         for key in ["a", "b", "c"] {
-            assert!(table.insert(key, at(NOW), later));
+            assert_eq!(table.insert(key, at(NOW), later), Seen::New);
         }
-        assert!(!table.insert("a", at(NOW), later));
+        assert_eq!(table.insert("a", at(NOW), later), Seen::Pending);
+        table.confirm("a");
+        assert_eq!(table.insert("a", at(NOW), later), Seen::Accepted);
         // A fourth key evicts the oldest.
-        assert!(table.insert("d", at(NOW), later));
+        assert_eq!(table.insert("d", at(NOW), later), Seen::New);
         assert_eq!(table.entries.len(), 3);
-        assert!(table.insert("a", at(NOW), later), "a was evicted");
-        assert!(!table.insert("c", at(NOW), later));
+        assert_eq!(
+            table.insert("a", at(NOW), later),
+            Seen::New,
+            "a was evicted"
+        );
+        assert_eq!(table.insert("c", at(NOW), later), Seen::Pending);
         // Expired keys are dropped and accepted again.
-        assert!(table.insert("e", at(NOW + 61), at(NOW + 120)));
+        assert_eq!(table.insert("e", at(NOW + 61), at(NOW + 120)), Seen::New);
         assert_eq!(table.entries.len(), 1);
-        assert!(table.insert("c", at(NOW + 61), at(NOW + 120)));
+        assert_eq!(table.insert("c", at(NOW + 61), at(NOW + 120)), Seen::New);
         // Forgotten keys leave no trace that blocks them, and the order list stays bounded.
         for i in 0..1_000 {
             let key = format!("k{i}");
-            assert!(table.insert(&key, at(NOW + 61), at(NOW + 120)));
+            assert_eq!(table.insert(&key, at(NOW + 61), at(NOW + 120)), Seen::New);
             table.forget(&key);
         }
         assert!(table.order.len() <= 2 * 16 + 1, "{}", table.order.len());
