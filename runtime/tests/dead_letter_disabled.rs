@@ -12,15 +12,8 @@ use support::*;
 async fn a_4xx_without_dead_letters_is_dropped_loudly_and_does_not_stall_the_binding() {
     let target = Target::start(Behaviour::Always(400)).await;
     let yaml = format!(
-        r#"
-apiVersion: inputbot.dev/v1alpha1
-kind: InputBot
-metadata: {{name: open}}
-spec:
-  sources:
-    - name: hook
-      webhook: {{path: /hook, auth: {{none: {{}}}}}}
-{}"#,
+        "{}{}",
+        open_webhook("open"),
         pass_through(
             "open",
             &format!("{{http: {{url: '{}'}}}}", target.url("/x")),
