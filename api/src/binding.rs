@@ -379,7 +379,10 @@ pub struct CircuitBreaker {
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// Write undeliverable events to the binding's dead-letter topic. Defaults to true. When
-    /// false, an undeliverable event blocks its partition and is retried until it succeeds.
+    /// false, an event whose retries ran out blocks its partition and is retried until it
+    /// succeeds; one that can never succeed (a failure outside `retryOn`, such as most `4xx`,
+    /// or an event the action cannot render) is dropped, logged as an error and counted in
+    /// `inputbot_events_dropped_total`.
     #[serde(default = "yes")]
     pub enabled: bool,
 }

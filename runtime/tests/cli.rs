@@ -179,3 +179,44 @@ fn dlq_inspect_says_when_there_is_nothing() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no dead letters"));
 }
+
+#[test]
+fn dlq_inspect_never_prints_a_senders_terminal_escapes() {
+    use inputbot_runtime::{
+        dlq::{DeadLetter, ErrorInfo, FailedAt, rewrite},
+        event::Event,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut event = Event::new("ns/b", "s", "t", serde_json::json!({}));
+    event.id = "evil\u{1b}]0;owned\u{7}\u{1b}[2J".into();
+    let record = DeadLetter::new(
+        event,
+        FailedAt {
+            resource: inputbot_api::config::ResourceId::new("Pipeline", "ns", "p"),
+            stage: "step".into(),
+            name: "shape".into(),
+        },
+        ErrorInfo {
+            class: "transform".into(),
+            message: "bad \u{1b}[31mred\u{1b}[0m\r\nforged line".into(),
+            status: None,
+            attempts: 1,
+        },
+        "inputbot.ns.b.raw",
+    );
+    std::fs::create_dir_all(dir.path().join("dlq")).unwrap();
+    rewrite(&dir.path().join("dlq/inputbot.ns.p.dlq.jsonl"), &[record]).unwrap();
+    let out = inputbot()
+        .args(["dlq", "inspect", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+    assert!(text.contains(r"evil\u{1b}]0;owned"), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+}

@@ -44,15 +44,8 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: api}}
 stringData: {{key: {KEY}}}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: InputBot
-metadata: {{name: open}}
-spec:
-  sources:
-    - name: hook
-      webhook: {{path: /hook, auth: {{none: {{}}}}}}
-{}"#,
+{}{}"#,
+        open_webhook("open"),
         pass_through(
             "open",
             &format!(

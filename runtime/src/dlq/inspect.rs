@@ -1,5 +1,7 @@
 //! `inputbot dlq inspect`: lists the dead letters of a local run — when, which event, where
-//! it failed and why — or prints them as JSON lines.
+//! it failed and why — or prints them as JSON lines. Text that came from a sender (ids,
+//! messages) is printed with its control characters escaped, so it cannot move the cursor,
+//! retitle the terminal or forge lines.
 
 use std::path::Path;
 
@@ -41,15 +43,15 @@ pub fn inspect(data_dir: &Path, topic: Option<&str>, json: bool) -> Result<(), D
             println!(
                 "  {}  event {}  {} {} {}  {}{} after {} attempt{}: {}",
                 r.dead_lettered_at.format("%Y-%m-%d %H:%M:%S"),
-                r.event.id,
-                r.failed_at.resource,
-                r.failed_at.stage,
-                r.failed_at.name,
-                r.error.class,
+                printable(&r.event.id),
+                printable(&r.failed_at.resource.to_string()),
+                printable(&r.failed_at.stage),
+                printable(&r.failed_at.name),
+                printable(&r.error.class),
                 r.error.status.map(|s| format!(" {s}")).unwrap_or_default(),
                 r.error.attempts,
                 if r.error.attempts == 1 { "" } else { "s" },
-                r.error.message
+                printable(&r.error.message)
             );
         }
     }
@@ -57,4 +59,18 @@ pub fn inspect(data_dir: &Path, topic: Option<&str>, json: bool) -> Result<(), D
         println!("no dead letters in {}", data_dir.join("dlq").display());
     }
     Ok(())
+}
+
+/// `text` with every control character (escape, carriage return, newline, …) written as its
+/// Rust escape, e.g. `\u{1b}`.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

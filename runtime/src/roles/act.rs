@@ -191,13 +191,14 @@ impl BindingWorker {
                 .deliverer
                 .deliver(|n| action.attempt(event, n), abort)
                 .await;
-            // Without a dead-letter topic an undeliverable event is retried until it succeeds —
-            // unless it can never succeed (the event itself is at fault), which `dead_letter`
-            // then reports as dropped.
+            // Without a dead-letter topic an event whose retries ran out is retried until it
+            // succeeds — unless it can never succeed: the event itself is at fault (`Other`), or
+            // the policy does not retry the failure (a 4xx outside `retryOn`), which
+            // `dead_letter` then reports as dropped instead of stalling the binding.
             match &outcome {
                 Outcome::Failed { reason, error, .. }
                     if self.config.dead_letter_topic.is_none()
-                        && *reason != GiveUp::Shutdown
+                        && *reason == GiveUp::Exhausted
                         && error.class != FailureClass::Other =>
                 {
                     let pause = self.config.delivery.retry.max_delay;

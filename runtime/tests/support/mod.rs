@@ -155,6 +155,22 @@ async fn handle(
     (StatusCode::from_u16(status).unwrap(), "")
 }
 
+/// An InputBot `bot` with one unauthenticated webhook source `hook` at `/hook`.
+pub fn open_webhook(bot: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: InputBot
+metadata: {{name: {bot}}}
+spec:
+  sources:
+    - name: hook
+      webhook: {{path: /hook, auth: {{none: {{}}}}}}
+"#
+    )
+}
+
 /// A Pipeline `flow` of `bot` that passes every event on, and an ActionBinding `out` of it
 /// doing `action` (YAML flow text, e.g. `{log: {}}`), with `delivery` (flow text, or empty).
 pub fn pass_through(bot: &str, action: &str, delivery: &str) -> String {
