@@ -41,9 +41,10 @@ pub struct Context {
     /// Per child: the hash the operator applied and the revision the API server answered
     /// with. A child whose live revision and hash still match is not written again.
     pub applied: Mutex<HashMap<ChildKey, (String, String)>>,
-    /// Per resource UID: the hash of the topics last ensured ready and when. Topics are
-    /// ensured again when the request changes or the entry is older than [`TOPIC_RECHECK`].
-    pub topics_ready: Mutex<HashMap<String, (String, Instant)>>,
+    /// Per resource UID: the hash of the topics last ensured ready, when, and the message
+    /// that check gave. Topics are ensured again when the request changes or the entry is
+    /// older than [`TOPIC_RECHECK`].
+    pub topics_ready: Mutex<HashMap<String, (String, Instant, String)>>,
     /// (UID, generation) pairs this process pruned for: prune runs once per spec change.
     pub pruned: Mutex<HashSet<(String, i64)>>,
     /// Consecutive transient failures per resource, for the requeue backoff.

@@ -383,11 +383,13 @@ async fn ensure_topics<K: Reconciled>(
     let names: Vec<&str> = plan.topics.iter().map(|t| t.name.as_str()).collect();
     let hash = render::digest(&json!(format!("{:?}", plan.topics)));
     let cached = ctx.topics_ready.lock().expect("lock").get(&uid).cloned();
-    if let Some((h, at)) = cached
+    // The cached answer carries the message of the check it remembers: a status that says
+    // the same thing in other words would be written again on every reconcile.
+    if let Some((h, at, message)) = cached
         && h == hash
         && at.elapsed() < TOPIC_RECHECK
     {
-        return Ok((true, format!("topics {} exist", names.join(", "))));
+        return Ok((true, message));
     }
     if plan.topics.is_empty() {
         return Ok((true, "no topics of its own".into()));
@@ -419,7 +421,7 @@ async fn ensure_topics<K: Reconciled>(
         ctx.topics_ready
             .lock()
             .expect("lock")
-            .insert(uid, (hash, std::time::Instant::now()));
+            .insert(uid, (hash, std::time::Instant::now(), message.clone()));
     }
     Ok((ready, message))
 }
