@@ -17,7 +17,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -1024,5 +1024,4 @@ async fn rendered_examples_pass_a_server_side_dry_run() {
             });
         }
     }
-    let _ = InputBot::kind(&());
 }
