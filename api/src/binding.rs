@@ -22,7 +22,7 @@ use crate::common::{
     namespaced,
     status = "ActionBindingStatus",
     shortname = "iba",
-    category = "inputbot",
+    category = "inputbot-all",
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.topics.input"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,

@@ -21,7 +21,7 @@ use crate::common::{
     status = "InputBotStatus",
     shortname = "ib",
     shortname = "ibot",
-    category = "inputbot",
+    category = "inputbot-all",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoints[0].url"}"#,

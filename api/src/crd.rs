@@ -336,7 +336,7 @@ pub fn reference_markdown() -> String {
             .unwrap_or_default()
             .join(", ");
         out.push_str(&format!(
-            "`kubectl get {}` (short names: {short}; category `inputbot`)\n\n| field | type | description |\n|---|---|---|\n",
+            "`kubectl get {}` (short names: {short}; category `inputbot-all`)\n\n| field | type | description |\n|---|---|---|\n",
             crd.spec.names.plural
         ));
         for key in ["spec", "status"] {
@@ -546,13 +546,26 @@ mod tests {
     }
 
     #[test]
-    fn every_crd_is_in_the_inputbot_category_with_a_status_subresource() {
-        for crd in crds() {
+    fn every_crd_is_in_the_inputbot_all_category_with_a_status_subresource() {
+        let all = crds();
+        // kubectl resolves a word to a category before a kind: a category named like any
+        // kind's singular, plural or short name makes `kubectl get inputbot NAME` fail.
+        let names: Vec<String> = all
+            .iter()
+            .flat_map(|c| {
+                let n = &c.spec.names;
+                [n.singular.clone().unwrap_or_default(), n.plural.clone()]
+                    .into_iter()
+                    .chain(n.short_names.clone().unwrap_or_default())
+            })
+            .collect();
+        for crd in all {
             assert_eq!(crd.spec.group, "inputbot.dev");
             assert_eq!(
                 crd.spec.names.categories.as_deref(),
-                Some(&["inputbot".to_owned()][..])
+                Some(&["inputbot-all".to_owned()][..])
             );
+            assert!(!names.contains(&"inputbot-all".to_owned()), "{names:?}");
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1alpha1");
             assert!(version.subresources.as_ref().unwrap().status.is_some());

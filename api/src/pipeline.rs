@@ -21,7 +21,7 @@ use crate::common::{
     namespaced,
     status = "PipelineStatus",
     shortname = "ibp",
-    category = "inputbot",
+    category = "inputbot-all",
     printcolumn = r#"{"name":"Bot","type":"string","jsonPath":".spec.botRef.name"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,

@@ -1,5 +1,6 @@
 //! What every reconcile shares, behind one `Arc`: the client, the event recorder, metrics,
-//! settings, the topic provisioner, the metadata stores of the children, and the small caches
+//! settings, the topic provisioner, the stores of the children and of the referenced
+//! resources (a reconcile reads only these, never the API server), and the small caches
 //! that let a reconcile which would change nothing write nothing. Nothing here is global.
 
 use std::{
@@ -8,13 +9,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+use inputbot_api::{InputBot, Pipeline};
+use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
-    Client,
+    Client, Resource,
     api::{DynamicObject, PartialObjectMeta},
-    runtime::{events::Recorder, reflector::Store},
+    core::DeserializeGuard,
+    runtime::{
+        events::Recorder,
+        reflector::{ObjectRef, Store},
+    },
 };
 
 use crate::{
+    error::{Error, Result},
     metrics::Metrics,
     render::{Capabilities, ChildKind},
     settings::Settings,
@@ -36,8 +44,12 @@ pub struct Context {
     pub settings: Settings,
     /// Topic provisioning (admin or strimzi).
     pub topics: Arc<dyn TopicProvisioner>,
-    /// Metadata of the children, by kind, as the watches last saw them.
+    /// Metadata of the children, by kind, as the watches last saw them (not Deployments).
     pub stores: HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>,
+    /// The Deployments of this controller's resources: metadata and status, no pod template.
+    pub deployments: Store<Deployment>,
+    /// The stores of the kinds this controller's resources reference.
+    pub references: References,
     /// Per child: the hash the operator applied and the revision the API server answered
     /// with. A child whose live revision and hash still match is not written again.
     pub applied: Mutex<HashMap<ChildKey, (String, String)>>,
@@ -45,8 +57,8 @@ pub struct Context {
     /// that check gave. Topics are ensured again when the request changes or the entry is
     /// older than [`TOPIC_RECHECK`].
     pub topics_ready: Mutex<HashMap<String, (String, Instant, String)>>,
-    /// (UID, generation) pairs this process pruned for: prune runs once per spec change.
-    pub pruned: Mutex<HashSet<(String, i64)>>,
+    /// (UID, generation) pairs whose warnings this process published: once per spec change.
+    pub warned: Mutex<HashSet<(String, i64)>>,
     /// Consecutive transient failures per resource, for the requeue backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     /// Capabilities of the cluster and when they were read.
@@ -58,7 +70,114 @@ pub const TOPIC_RECHECK: Duration = Duration::from_secs(600);
 /// How long the discovered capabilities are trusted.
 pub const CAPABILITIES_TTL: Duration = Duration::from_secs(60);
 
+/// The stores of referenced kinds (the main stores of their controllers, shared).
+#[derive(Clone, Default)]
+pub struct References {
+    /// Every InputBot (for Pipelines and ActionBindings).
+    pub bots: Option<Store<DeserializeGuard<InputBot>>>,
+    /// Every Pipeline (for ActionBindings).
+    pub pipelines: Option<Store<DeserializeGuard<Pipeline>>>,
+}
+
+/// Looks `name` up in a store once it has listed, so that a starting operator never takes a
+/// resource it has not read yet for a missing one.
+async fn lookup<K>(
+    store: Option<&Store<DeserializeGuard<K>>>,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + crate::controller::Reconciled,
+{
+    let Some(store) = store else {
+        return Ok(None);
+    };
+    // Err only when the store's writer is gone, i.e. the operator is shutting down.
+    let _ = store.wait_until_ready().await;
+    match store.get(&ObjectRef::new(name).within(namespace)) {
+        None => Ok(None),
+        Some(guard) => match &guard.0 {
+            Ok(obj) => Ok(Some(obj.clone())),
+            Err(invalid) => Err(Error::Malformed(format!(
+                "referenced {} {namespace}/{name}: {}",
+                <K as crate::controller::Reconciled>::KIND,
+                invalid.error
+            ))),
+        },
+    }
+}
+
 impl Context {
+    /// The InputBot `namespace/name`, as the watch last saw it.
+    pub async fn bot(&self, namespace: &str, name: &str) -> Result<Option<InputBot>> {
+        lookup(self.references.bots.as_ref(), namespace, name).await
+    }
+
+    /// The Pipeline `namespace/name`, as the watch last saw it.
+    pub async fn pipeline(&self, namespace: &str, name: &str) -> Result<Option<Pipeline>> {
+        lookup(self.references.pipelines.as_ref(), namespace, name).await
+    }
+
+    /// Whether children of `kind` are watched (and so can be pruned).
+    pub fn watches(&self, kind: ChildKind) -> bool {
+        kind == ChildKind::Deployment || self.stores.contains_key(&kind)
+    }
+
+    /// The live metadata of a child, as its watch last saw it.
+    pub async fn child_meta(
+        &self,
+        kind: ChildKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<ObjectMeta> {
+        if kind == ChildKind::Deployment {
+            let _ = self.deployments.wait_until_ready().await;
+            return self
+                .deployments
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|d| d.metadata.clone());
+        }
+        let store = self.stores.get(&kind)?;
+        let _ = store.wait_until_ready().await;
+        store
+            .get(&ObjectRef::new_with(name, kind.api_resource()).within(namespace))
+            .map(|m| m.metadata.clone())
+    }
+
+    /// The names of the children of `kind` in `namespace` whose controller is `owner_uid`.
+    pub async fn children_of(
+        &self,
+        kind: ChildKind,
+        namespace: &str,
+        owner_uid: &str,
+    ) -> Vec<String> {
+        let ours = |m: &ObjectMeta| {
+            m.namespace.as_deref() == Some(namespace)
+                && m.owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == owner_uid && o.controller == Some(true))
+        };
+        if kind == ChildKind::Deployment {
+            let _ = self.deployments.wait_until_ready().await;
+            return self
+                .deployments
+                .state_filter(|d| ours(&d.metadata))
+                .iter()
+                .filter_map(|d| d.metadata.name.clone())
+                .collect();
+        }
+        let Some(store) = self.stores.get(&kind) else {
+            return Vec::new();
+        };
+        let _ = store.wait_until_ready().await;
+        store
+            .state_filter(|m| ours(&m.metadata))
+            .iter()
+            .filter_map(|m| m.metadata.name.clone())
+            .collect()
+    }
+
     /// The capabilities of the cluster (is KEDA installed?), rediscovered once a minute.
     pub async fn capabilities(&self) -> Capabilities {
         if let Some((caps, at)) = *self.capabilities.lock().expect("lock")

@@ -2,8 +2,8 @@
 //! dead-letter topic. Fetches the Pipeline (and its InputBot) named by `spec.pipelineRef`, or
 //! the InputBot named by `spec.botRef`.
 
-use inputbot_api::{ActionBinding, InputBot, Pipeline, common::DeletionPolicy};
-use kube::{Api, ResourceExt};
+use inputbot_api::{ActionBinding, common::DeletionPolicy};
+use kube::ResourceExt;
 use serde_json::Value;
 
 use super::{Reconciled, ns, topics_status};
@@ -36,19 +36,14 @@ impl Reconciled for ActionBinding {
             name: name.to_owned(),
         };
         let caps = ctx.capabilities().await;
-        let bots = Api::<InputBot>::namespaced(ctx.client.clone(), &namespace);
         match (&self.spec.pipeline_ref, &self.spec.bot_ref) {
             (Some(r), _) => {
-                let pipeline = Api::<Pipeline>::namespaced(ctx.client.clone(), &namespace)
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(Error::kube(format!("read Pipeline {namespace}/{}", r.name)))?
+                let pipeline = ctx
+                    .pipeline(&namespace, &r.name)
+                    .await?
                     .ok_or_else(|| missing("spec.pipelineRef", "Pipeline", &r.name))?;
                 let bot_name = &pipeline.spec.bot_ref.name;
-                let bot = bots
-                    .get_opt(bot_name)
-                    .await
-                    .map_err(Error::kube(format!("read InputBot {namespace}/{bot_name}")))?;
+                let bot = ctx.bot(&namespace, bot_name).await?;
                 render::plan_binding(
                     self,
                     BindingInputs::Pipeline(&pipeline, bot.as_ref()),
@@ -58,10 +53,9 @@ impl Reconciled for ActionBinding {
                 .map_err(Error::InvalidSpec)
             }
             (None, Some(r)) => {
-                let bot = bots
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(Error::kube(format!("read InputBot {namespace}/{}", r.name)))?
+                let bot = ctx
+                    .bot(&namespace, &r.name)
+                    .await?
                     .ok_or_else(|| missing("spec.botRef", "InputBot", &r.name))?;
                 render::plan_binding(self, BindingInputs::Bot(&bot), &ctx.settings, caps)
                     .map_err(Error::InvalidSpec)

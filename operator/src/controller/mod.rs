@@ -21,13 +21,12 @@ use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use inputbot_api::common::{CommonStatus, DeletionPolicy};
 use k8s_openapi::{
-    api::apps::v1::Deployment,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         controller::Action,
@@ -44,7 +43,9 @@ pub use run::{controllers, metadata_stores};
 use crate::{
     context::{Context, TOPIC_RECHECK},
     error::{Error, Result},
-    render::{self, AutoscalingState, CHILD_KINDS, Child, FIELD_MANAGER, HASH_ANNOTATION, Plan},
+    render::{
+        self, AutoscalingState, CHILD_KINDS, Child, ChildKind, FIELD_MANAGER, HASH_ANNOTATION, Plan,
+    },
     topics::TopicOwner,
 };
 
@@ -235,10 +236,12 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     applied?;
     let (topics_ok, topics_message) = topics?;
     let key = (uid.clone(), generation);
-    if !ctx.pruned.lock().expect("lock").contains(&key) {
-        prune(ctx, &plan).await?;
-        ctx.pruned.lock().expect("lock").insert(key);
-        // Once per spec generation, like prune: a steady state publishes nothing.
+    // Every reconcile: it reads the stores only, and a child created by an earlier spec that
+    // shows up late wakes this owner again.
+    prune(ctx, &plan).await?;
+    if !ctx.warned.lock().expect("lock").contains(&key) {
+        ctx.warned.lock().expect("lock").insert(key);
+        // Once per spec generation: a steady state publishes nothing.
         for w in &plan.warnings {
             publish(
                 ctx,
@@ -252,7 +255,7 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
         }
     }
 
-    let (workload_ok, workload_message) = workload_ready(ctx, &plan).await?;
+    let (workload_ok, workload_message) = workload_ready(ctx, &plan).await;
     let ready = topics_ok && workload_ok;
     let (ready_reason, ready_message) = if !topics_ok {
         ("TopicsNotReady", topics_message.clone())
@@ -426,9 +429,21 @@ async fn ensure_topics<K: Reconciled>(
     Ok((ready, message))
 }
 
-/// The live revision of a child: its generation where the kind has one, else its
-/// resourceVersion.
-fn revision(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+/// The live revision of a child: for a Deployment its spec (with or without the replica
+/// count, as `manages_replicas` says; see [`run::deployment_revisions`]), for other kinds
+/// with a generation that, else the resourceVersion.
+fn revision(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    manages_replicas: bool,
+) -> String {
+    if let Some((with, without)) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(run::SPEC_REVISIONS))
+        .and_then(|r| r.split_once(':'))
+    {
+        return format!("s{}", if manages_replicas { with } else { without });
+    }
     match meta.generation {
         Some(g) if g > 0 => format!("g{g}"),
         _ => format!("r{}", meta.resource_version.clone().unwrap_or_default()),
@@ -443,14 +458,16 @@ async fn apply_children(ctx: &Context, plan: &Plan) -> Result<()> {
         let name = child.name();
         let key = (kind, plan.owner.namespace.clone(), name.clone());
         let (json, hash) = child.clone().with_hash();
-        let live = ctx.stores.get(&kind).and_then(|s| {
-            s.get(&ObjectRef::new_with(&name, ar.clone()).within(&plan.owner.namespace))
-        });
-        if let Some(live) = &live {
-            let live_hash = live.annotations().get(HASH_ANNOTATION);
+        // Deployments under an autoscaler are rendered without `replicas`.
+        let manages_replicas = json.pointer("/spec/replicas").is_some();
+        if let Some(live) = ctx.child_meta(kind, &plan.owner.namespace, &name).await {
+            let live_hash = live
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(HASH_ANNOTATION));
             let applied = ctx.applied.lock().expect("lock").get(&key).cloned();
             if live_hash == Some(&hash)
-                && applied.as_ref() == Some(&(hash.clone(), revision(&live.metadata)))
+                && applied.as_ref() == Some(&(hash.clone(), revision(&live, manages_replicas)))
             {
                 ctx.metrics.skipped(&ar.kind);
                 continue;
@@ -466,71 +483,89 @@ async fn apply_children(ctx: &Context, plan: &Plan) -> Result<()> {
                 "apply {} {}/{}",
                 ar.kind, plan.owner.namespace, name
             )))?;
-        ctx.applied
-            .lock()
-            .expect("lock")
-            .insert(key, (hash, revision(&written.metadata)));
+        ctx.applied.lock().expect("lock").insert(
+            key,
+            (hash, written_revision(kind, written, manages_replicas)),
+        );
     }
     Ok(())
+}
+
+/// The revision of what the API server answered an apply with, computed as [`revision`]
+/// computes it for the watch's copy.
+fn written_revision(kind: ChildKind, mut written: DynamicObject, manages_replicas: bool) -> String {
+    let revisions = match kind {
+        ChildKind::Deployment => serde_json::to_value(&written)
+            .and_then(serde_json::from_value)
+            .ok()
+            .map(|d| run::deployment_revisions(&d)),
+        k if run::has_status_without_generation(k) => {
+            let h = run::spec_revision(&written.data);
+            Some(format!("{h}:{h}"))
+        }
+        _ => None,
+    };
+    if let Some(r) = revisions {
+        written
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(run::SPEC_REVISIONS.into(), r);
+    }
+    revision(&written.metadata, manages_replicas)
 }
 
 /// Deletes children of this owner that the plan no longer has (autoscaling removed → HPA
 /// gone; exposure removed → Ingress gone).
 async fn prune(ctx: &Context, plan: &Plan) -> Result<()> {
-    let kinds: Vec<_> = CHILD_KINDS
-        .iter()
-        .filter(|k| ctx.stores.contains_key(k))
-        .collect();
-    let selector = plan.owner.selector();
-    for kind in kinds {
+    // From the watches' stores: a child that appears there later wakes its owner, which
+    // prunes again, so nothing here needs to list.
+    for kind in CHILD_KINDS.iter().copied().filter(|k| ctx.watches(*k)) {
         let ar = kind.api_resource();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), &plan.owner.namespace, &ar);
         let keep: Vec<String> = plan
             .children
             .iter()
-            .filter(|c| c.kind() == *kind)
+            .filter(|c| c.kind() == kind)
             .map(Child::name)
             .collect();
-        let list = api
-            .list_metadata(&ListParams::default().labels(&selector))
+        let stale: Vec<String> = ctx
+            .children_of(kind, &plan.owner.namespace, &plan.owner.uid)
             .await
-            .map_err(Error::kube(format!("list {} to prune", ar.kind)))?;
-        for item in list.items {
-            let name = item.name_any();
-            let ours = item
-                .owner_references()
-                .iter()
-                .any(|o| o.uid == plan.owner.uid && o.controller == Some(true));
-            if ours && !keep.contains(&name) {
-                ctx.metrics.wrote(&format!("{}-delete", ar.kind));
-                match api.delete(&name, &DeleteParams::background()).await {
-                    Ok(_) => {
-                        info!(kind = %ar.kind, namespace = %plan.owner.namespace, %name, "pruned a child the spec no longer asks for")
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(Error::kube(format!("prune {} {name}", ar.kind))(e)),
+            .into_iter()
+            .filter(|name| !keep.contains(name))
+            .collect();
+        if stale.is_empty() {
+            continue;
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), &plan.owner.namespace, &ar);
+        for name in stale {
+            ctx.metrics.wrote(&format!("{}-delete", ar.kind));
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {
+                    info!(kind = %ar.kind, namespace = %plan.owner.namespace, %name, "pruned a child the spec no longer asks for")
                 }
-                ctx.applied.lock().expect("lock").remove(&(
-                    *kind,
-                    plan.owner.namespace.clone(),
-                    name,
-                ));
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("prune {} {name}", ar.kind))(e)),
             }
+            ctx.applied
+                .lock()
+                .expect("lock")
+                .remove(&(kind, plan.owner.namespace.clone(), name));
         }
     }
     Ok(())
 }
 
-/// Whether every Deployment of the plan is Available with its current generation rolled out.
-async fn workload_ready(ctx: &Context, plan: &Plan) -> Result<(bool, String)> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &plan.owner.namespace);
+/// Whether every Deployment of the plan runs its current generation with enough replicas
+/// available ([`Plan::min_available`]).
+async fn workload_ready(ctx: &Context, plan: &Plan) -> (bool, String) {
+    let _ = ctx.deployments.wait_until_ready().await;
     let mut waiting = Vec::new();
     for name in &plan.deployments {
-        let d = match api
-            .get_opt(name)
-            .await
-            .map_err(Error::kube(format!("read Deployment {name}")))?
+        let d = match ctx
+            .deployments
+            .get(&ObjectRef::new(name).within(&plan.owner.namespace))
         {
             Some(d) => d,
             None => {
@@ -540,33 +575,33 @@ async fn workload_ready(ctx: &Context, plan: &Plan) -> Result<(bool, String)> {
         };
         let status = d.status.clone().unwrap_or_default();
         let generation = d.metadata.generation.unwrap_or(0);
-        let available = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Available" && c.status == "True");
         let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let rolled = status.observed_generation.unwrap_or(0) >= generation
-            && status.updated_replicas.unwrap_or(0) >= wanted
-            && status.available_replicas.unwrap_or(0) >= wanted.min(1);
-        if !(available && rolled) {
+        let floor = plan.min_available.get(name).copied().unwrap_or(wanted);
+        let (updated, available) = (
+            status.updated_replicas.unwrap_or(0),
+            status.available_replicas.unwrap_or(0),
+        );
+        // The controller saw the current spec, every pod runs the current template, and
+        // enough of them are available. Not the Available condition: with maxUnavailable 0
+        // it turns False whenever an autoscaler adds a pod.
+        if status.observed_generation.unwrap_or(0) < generation {
             waiting.push(format!(
-                "{name}: {}/{} replicas updated and available",
-                status
-                    .available_replicas
-                    .unwrap_or(0)
-                    .min(status.updated_replicas.unwrap_or(0)),
-                wanted
+                "{name}: rollout of generation {generation} not observed yet"
+            ));
+        } else if updated < wanted || available < floor {
+            waiting.push(format!(
+                "{name}: {}/{wanted} replicas updated and available, {floor} needed",
+                available.min(updated)
             ));
         }
     }
     if waiting.is_empty() {
-        Ok((
+        (
             true,
             format!("Deployments {} are available", plan.deployments.join(", ")),
-        ))
+        )
     } else {
-        Ok((false, format!("waiting for {}", waiting.join("; "))))
+        (false, format!("waiting for {}", waiting.join("; ")))
     }
 }
 

@@ -2,8 +2,8 @@
 //! dead-letter topics. Fetches the InputBot named by `spec.botRef`; a missing bot is
 //! `ReferencesResolved=False` until it appears (the bot watch brings the pipeline back).
 
-use inputbot_api::{InputBot, Pipeline, common::DeletionPolicy};
-use kube::{Api, ResourceExt};
+use inputbot_api::{Pipeline, common::DeletionPolicy};
+use kube::ResourceExt;
 use serde_json::Value;
 
 use super::{Reconciled, ns, topics_status};
@@ -30,10 +30,9 @@ impl Reconciled for Pipeline {
     async fn plan(&self, ctx: &Context) -> Result<Plan> {
         let namespace = ns(self);
         let bot_name = &self.spec.bot_ref.name;
-        let bot = Api::<InputBot>::namespaced(ctx.client.clone(), &namespace)
-            .get_opt(bot_name)
-            .await
-            .map_err(Error::kube(format!("read InputBot {namespace}/{bot_name}")))?
+        let bot = ctx
+            .bot(&namespace, bot_name)
+            .await?
             .ok_or_else(|| Error::MissingReference {
                 field: "spec.botRef",
                 kind: "InputBot",
@@ -49,7 +48,7 @@ impl Reconciled for Pipeline {
     }
 }
 
-/// Whether `pipeline` references `bot` (for the watch on InputBots).
-pub fn references(pipeline: &Pipeline, bot: &InputBot) -> bool {
-    pipeline.spec.bot_ref.name == bot.name_any() && pipeline.namespace() == bot.namespace()
+/// Whether `pipeline` references the InputBot `namespace/name` (for the watch on InputBots).
+pub fn references(pipeline: &Pipeline, namespace: &Option<String>, name: &str) -> bool {
+    pipeline.spec.bot_ref.name == name && &pipeline.namespace() == namespace
 }

@@ -1,13 +1,26 @@
 //! Building and running the three controllers: the watches on each kind, on the children
-//! (by metadata only, into stores the no-op check reads) and across kinds (a Pipeline
+//! (by metadata only, into stores the no-op check and prune read; Deployments with their
+//! status but without their pod template, for readiness) and across kinds (a Pipeline
 //! reconciles when its InputBot changes; an ActionBinding when its Pipeline or InputBot does).
+//!
+//! Every reconcile reads from these stores, never from the API server, and every watch wakes
+//! a reconcile only when something it acts on changed ([`changes`]): a resource's own status
+//! patch, a Deployment's replica counts moving during a rollout, or a child's resourceVersion
+//! bump from a status write wake nothing. At 1,000 bots that is the difference between
+//! about six reconciles per resource and about two.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, future::BoxFuture};
 use inputbot_api::{ActionBinding, InputBot, Pipeline};
+use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{DynamicObject, PartialObjectMeta},
     core::DeserializeGuard,
     runtime::{
@@ -23,7 +36,7 @@ use tracing::info;
 
 use super::{Reconciled, binding, error_policy, pipeline, reconcile};
 use crate::{
-    context::Context,
+    context::{Context, References},
     metrics::Metrics,
     render::{ChildKind, OWNER_KIND_LABEL},
     settings::Settings,
@@ -53,7 +66,20 @@ pub type ChildStores = HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>
 type ChildStream =
     futures::stream::BoxStream<'static, Result<PartialObjectMeta<DynamicObject>, watcher::Error>>;
 
+/// How long a reconcile request must be quiet before it runs: the burst of events one
+/// reconcile causes (its children created, their first status) becomes one request.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+fn child_selector(owner_kind: &str) -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={},{OWNER_KIND_LABEL}={}",
+        crate::render::MANAGED_BY,
+        owner_kind.to_ascii_lowercase()
+    ))
+}
+
 /// Metadata watches of the children of one kind of owner, with the stores they fill.
+/// Deployments are not among them: see [`deployment_store`].
 pub fn metadata_stores(
     client: &Client,
     namespace: Option<&str>,
@@ -62,37 +88,263 @@ pub fn metadata_stores(
 ) -> (ChildStores, Vec<(ChildKind, ChildStream)>) {
     let mut stores = HashMap::new();
     let mut streams = Vec::new();
-    for kind in kinds {
+    for kind in kinds.iter().filter(|k| **k != ChildKind::Deployment) {
         let ar = kind.api_resource();
-        // An Api of PartialObjectMeta makes metadata-only requests.
-        let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
         let writer = reflector::store::Writer::new(ar.clone());
         stores.insert(*kind, writer.as_reader());
-        let config = watcher::Config::default().labels(&format!(
-            "app.kubernetes.io/managed-by={},{OWNER_KIND_LABEL}={}",
-            crate::render::MANAGED_BY,
-            owner_kind.to_ascii_lowercase()
-        ));
-        let stream = reflector(
-            writer,
-            watcher(api, config)
+        let events = if has_status_without_generation(*kind) {
+            // Their status moves their resourceVersion, and they have no generation: watch
+            // them whole, keep the metadata and a hash of the spec.
+            let api: Api<DynamicObject> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            watcher(api, child_selector(owner_kind))
+                .map_ok(|event| match event {
+                    watcher::Event::Apply(o) => watcher::Event::Apply(spec_hashed(o)),
+                    watcher::Event::InitApply(o) => watcher::Event::InitApply(spec_hashed(o)),
+                    watcher::Event::Delete(o) => watcher::Event::Delete(spec_hashed(o)),
+                    watcher::Event::Init => watcher::Event::Init,
+                    watcher::Event::InitDone => watcher::Event::InitDone,
+                })
+                .default_backoff()
+                .boxed()
+        } else {
+            // An Api of PartialObjectMeta makes metadata-only requests.
+            let api: Api<PartialObjectMeta<DynamicObject>> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            watcher(api, child_selector(owner_kind))
                 // managedFields are most of an object's metadata and nothing here reads them.
                 .modify(|m| m.metadata.managed_fields = None)
-                .default_backoff(),
+                .default_backoff()
+                .boxed()
+        };
+        let stream = changes(
+            reflector(writer, events),
+            |m: &PartialObjectMeta<DynamicObject>| child_key(&m.metadata),
         )
-        .touched_objects()
         .boxed();
         streams.push((*kind, stream));
     }
     (stores, streams)
 }
 
+/// Kinds whose status changes their resourceVersion while they have no generation to tell a
+/// spec edit from a status update (a ClusterIP Service's status never moves, but a
+/// LoadBalancer's does).
+pub fn has_status_without_generation(kind: ChildKind) -> bool {
+    matches!(
+        kind,
+        ChildKind::HorizontalPodAutoscaler | ChildKind::Service
+    )
+}
+
+/// The metadata of `o` with [`SPEC_REVISIONS`] set from its spec.
+fn spec_hashed(o: DynamicObject) -> PartialObjectMeta<DynamicObject> {
+    let mut metadata = o.metadata;
+    metadata.managed_fields = None;
+    let h = spec_revision(&o.data);
+    metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(SPEC_REVISIONS.into(), format!("{h}:{h}"));
+    PartialObjectMeta {
+        types: o.types,
+        metadata,
+        _phantom: Default::default(),
+    }
+}
+
+/// A hash of the `spec` in an object's JSON.
+pub fn spec_revision(data: &serde_json::Value) -> String {
+    format!(
+        "{:x}",
+        hash_of(serde_json::to_string(&data["spec"]).unwrap_or_default())
+    )
+}
+
+/// The Deployments of one kind of owner, without their pod templates (the operator renders
+/// those; what it reads back is metadata and status), and the stream of their changes that
+/// matter: spec, labels, annotations, and readiness, not every replica count of a rollout.
+pub fn deployment_store(
+    client: &Client,
+    namespace: Option<&str>,
+    owner_kind: &str,
+) -> (
+    Store<Deployment>,
+    futures::stream::BoxStream<'static, Result<Deployment, watcher::Error>>,
+) {
+    let api: Api<Deployment> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let stream = changes(
+        reflector(
+            writer,
+            watcher(api, child_selector(owner_kind))
+                .modify(|d: &mut Deployment| {
+                    d.metadata.managed_fields = None;
+                    // Before the template goes: what the skip check compares (see
+                    // `deployment_revisions`), kept on the stored copy only.
+                    let revisions = deployment_revisions(d);
+                    d.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert(SPEC_REVISIONS.into(), revisions);
+                    if let Some(spec) = d.spec.as_mut() {
+                        spec.template = Default::default();
+                    }
+                })
+                .default_backoff(),
+        ),
+        deployment_key,
+    )
+    .boxed();
+    (reader, stream)
+}
+
+/// An annotation on the operator's in-memory copies of Deployments (never written):
+/// [`deployment_revisions`] of the live object.
+pub const SPEC_REVISIONS: &str = "inputbot.dev/observed-spec-revisions";
+
+/// Two hashes of a Deployment's spec, `with:without` its replica count. A Deployment's
+/// generation moves when an HPA scales it, which is not an edit to repair; so the skip check
+/// compares the spec without `replicas` when the operator leaves replicas to an autoscaler,
+/// and with it otherwise.
+pub fn deployment_revisions(d: &Deployment) -> String {
+    let spec = d.spec.clone().unwrap_or_default();
+    let with = hash_of(serde_json::to_string(&spec).unwrap_or_default());
+    let without = hash_of(
+        serde_json::to_string(&k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: None,
+            ..spec
+        })
+        .unwrap_or_default(),
+    );
+    format!("{with:x}:{without:x}")
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// What of a child's metadata a reconcile acts on. Kinds with a generation change it on
+/// every spec edit; for the others (ConfigMap, Service) any change counts.
+fn child_key(meta: &ObjectMeta) -> u64 {
+    let spec_revisions = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SPEC_REVISIONS));
+    match meta.generation {
+        Some(g) if g > 0 || spec_revisions => hash_of((
+            g,
+            &meta.labels,
+            &meta.annotations,
+            meta.deletion_timestamp.as_ref().map(|t| t.0.to_string()),
+            meta.owner_references
+                .iter()
+                .flatten()
+                .map(|o| (&o.uid, o.controller))
+                .collect::<Vec<_>>(),
+        )),
+        None if spec_revisions => hash_of((
+            &meta.labels,
+            &meta.annotations,
+            meta.deletion_timestamp.as_ref().map(|t| t.0.to_string()),
+        )),
+        _ => hash_of(&meta.resource_version),
+    }
+}
+
+/// A Deployment's metadata key plus what readiness reads of its status (not the replica
+/// counts readiness does not read, nor the conditions' timestamps).
+fn deployment_key(d: &Deployment) -> u64 {
+    let status = d.status.clone().unwrap_or_default();
+    hash_of((
+        child_key(&d.metadata),
+        status.observed_generation,
+        status.updated_replicas,
+        status.available_replicas,
+    ))
+}
+
+/// What of a resource its own reconcile acts on: its spec (generation), its deletion and
+/// its finalizers — not its status, which the reconcile itself writes.
+fn lifecycle_key<K: Resource>(o: &K) -> u64 {
+    let meta = o.meta();
+    hash_of((
+        meta.generation,
+        meta.deletion_timestamp.as_ref().map(|t| t.0.to_string()),
+        &meta.finalizers,
+    ))
+}
+
+/// A referenced resource's spec (a Pipeline's InputBot): its generation.
+fn spec_key<K: Resource>(o: &K) -> u64 {
+    hash_of(o.meta().generation)
+}
+
+/// The objects of a watch whose `key` changed since last seen, and every deleted one. The
+/// reflector before it still stores every event; this only decides what wakes a reconcile.
+/// A relist forgets the objects it no longer lists.
+pub fn changes<K, S>(stream: S, key: fn(&K) -> u64) -> impl Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    fn identity<K: Resource>(o: &K) -> String {
+        let m = o.meta();
+        match &m.uid {
+            Some(uid) => uid.clone(),
+            None => format!(
+                "{}/{}",
+                m.namespace.as_deref().unwrap_or(""),
+                m.name.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut relisted: Option<HashSet<String>> = None;
+    stream.filter_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Init) => {
+                relisted = Some(HashSet::new());
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(listed) = relisted.take() {
+                    seen.retain(|id, _| listed.contains(id));
+                }
+                None
+            }
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
+                let id = identity(&o);
+                if let Some(listed) = relisted.as_mut() {
+                    listed.insert(id.clone());
+                }
+                let k = key(&o);
+                (seen.insert(id, k) != Some(k)).then_some(Ok(o))
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&identity(&o));
+                Some(Ok(o))
+            }
+        };
+        futures::future::ready(out)
+    })
+}
+
 fn context(
     shared: &Shared,
-    stores: HashMap<ChildKind, Store<PartialObjectMeta<DynamicObject>>>,
+    stores: ChildStores,
+    deployments: Store<Deployment>,
+    references: References,
 ) -> Arc<Context> {
     Arc::new(Context {
         client: shared.client.clone(),
@@ -101,19 +353,14 @@ fn context(
         settings: shared.settings.clone(),
         topics: shared.topics.clone(),
         stores,
+        deployments,
+        references,
         applied: Default::default(),
         topics_ready: Default::default(),
-        pruned: Default::default(),
+        warned: Default::default(),
         failures: Default::default(),
         capabilities: Default::default(),
     })
-}
-
-fn api<K: Reconciled>(client: &Client, namespace: Option<&str>) -> Api<K> {
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 fn guarded<K: Reconciled>(client: &Client, namespace: Option<&str>) -> Api<DeserializeGuard<K>> {
@@ -131,16 +378,19 @@ pub async fn controllers(
 ) -> Vec<BoxFuture<'static, ()>> {
     let ns = namespace.as_deref();
     let client = &shared.client;
-    let config = Config::default().concurrency(shared.concurrency);
+    let config = Config::default()
+        .concurrency(shared.concurrency)
+        .debounce(DEBOUNCE);
     let keda = {
-        let probe = context(&shared, HashMap::new());
+        let probe = context(
+            &shared,
+            HashMap::new(),
+            reflector::store::Writer::default().as_reader(),
+            References::default(),
+        );
         probe.capabilities().await.keda
     };
-    let mut consumer_kinds = vec![
-        ChildKind::ConfigMap,
-        ChildKind::Deployment,
-        ChildKind::HorizontalPodAutoscaler,
-    ];
+    let mut consumer_kinds = vec![ChildKind::ConfigMap, ChildKind::HorizontalPodAutoscaler];
     if keda {
         consumer_kinds.push(ChildKind::ScaledObject);
     }
@@ -156,38 +406,45 @@ pub async fn controllers(
         "InputBot",
         &[
             ChildKind::ConfigMap,
-            ChildKind::Deployment,
             ChildKind::Service,
             ChildKind::PodDisruptionBudget,
             ChildKind::Ingress,
             ChildKind::HorizontalPodAutoscaler,
         ],
     );
-    let mut bots = main_controller::<InputBot>(client, ns).with_config(config.clone());
+    let (deployments, deployment_changes) = deployment_store(client, ns, "InputBot");
+    let (bots, bot_store) = main_controller::<InputBot>(client, ns);
+    let mut bots = bots
+        .with_config(config.clone())
+        .owns_stream(deployment_changes);
     for (kind, stream) in streams {
         bots = bots.owns_stream_with(stream, kind.api_resource());
     }
-    let bot_ctx = context(&shared, stores);
+    let bot_ctx = context(&shared, stores, deployments, References::default());
     let bots = bots
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::<InputBot>, error_policy::<InputBot>, bot_ctx)
         .for_each(log_result)
         .boxed();
 
-    // Pipeline: its children, plus every change of the InputBot it references.
+    // Pipeline: its children, plus every spec change of the InputBot it references.
     let (stores, streams) = metadata_stores(client, ns, "Pipeline", &consumer_kinds);
-    let mut pipelines = main_controller::<Pipeline>(client, ns).with_config(config.clone());
+    let (deployments, deployment_changes) = deployment_store(client, ns, "Pipeline");
+    let (pipelines, pipeline_store) = main_controller::<Pipeline>(client, ns);
+    let mut pipelines = pipelines
+        .with_config(config.clone())
+        .owns_stream(deployment_changes);
     for (kind, stream) in streams {
         pipelines = pipelines.owns_stream_with(stream, kind.api_resource());
     }
-    let pipeline_store = pipelines.store();
+    let by_bot = pipeline_store.clone();
     let pipelines = pipelines
-        .watches_stream(spec_changes(api::<InputBot>(client, ns)), move |bot| {
-            pipeline_store
+        .watches_stream(spec_changes(guarded::<InputBot>(client, ns)), move |bot| {
+            by_bot
                 .state()
                 .iter()
                 .filter_map(|g| g.0.as_ref().ok())
-                .filter(|p| pipeline::references(p, &bot))
+                .filter(|p| pipeline::references(p, &bot.namespace(), &bot.name_any()))
                 .map(|p| ObjectRef::new(&p.name_any()).within(&p.namespace().unwrap_or_default()))
                 .collect::<Vec<_>>()
         })
@@ -195,43 +452,53 @@ pub async fn controllers(
         .run(
             reconcile::<Pipeline>,
             error_policy::<Pipeline>,
-            context(&shared, stores),
+            context(
+                &shared,
+                stores,
+                deployments,
+                References {
+                    bots: Some(bot_store.clone()),
+                    pipelines: None,
+                },
+            ),
         )
         .for_each(log_result)
         .boxed();
 
     // ActionBinding: its children, plus its Pipeline or InputBot.
     let (stores, streams) = metadata_stores(client, ns, "ActionBinding", &consumer_kinds);
-    let mut bindings = main_controller::<ActionBinding>(client, ns).with_config(config);
+    let (deployments, deployment_changes) = deployment_store(client, ns, "ActionBinding");
+    let (bindings, binding_store) = main_controller::<ActionBinding>(client, ns);
+    let mut bindings = bindings.with_config(config).owns_stream(deployment_changes);
     for (kind, stream) in streams {
         bindings = bindings.owns_stream_with(stream, kind.api_resource());
     }
-    let by_pipeline = bindings.store();
-    let by_bot = bindings.store();
+    let by_pipeline = binding_store.clone();
+    let by_bot = binding_store;
     let bindings = bindings
-        .watches(
-            api::<Pipeline>(client, ns),
-            watcher::Config::default(),
-            move |p| {
-                matching(&by_pipeline, &p.namespace(), |b| {
-                    binding::reads_pipeline(b, &p.name_any())
-                })
-            },
-        )
-        .watches(
-            api::<InputBot>(client, ns),
-            watcher::Config::default(),
-            move |bot| {
-                matching(&by_bot, &bot.namespace(), |b| {
-                    binding::reads_bot(b, &bot.name_any())
-                })
-            },
-        )
+        .watches_stream(spec_changes(guarded::<Pipeline>(client, ns)), move |p| {
+            matching(&by_pipeline, &p.namespace(), |b| {
+                binding::reads_pipeline(b, &p.name_any())
+            })
+        })
+        .watches_stream(spec_changes(guarded::<InputBot>(client, ns)), move |bot| {
+            matching(&by_bot, &bot.namespace(), |b| {
+                binding::reads_bot(b, &bot.name_any())
+            })
+        })
         .graceful_shutdown_on(shutdown)
         .run(
             reconcile::<ActionBinding>,
             error_policy::<ActionBinding>,
-            context(&shared, stores),
+            context(
+                &shared,
+                stores,
+                deployments,
+                References {
+                    bots: Some(bot_store),
+                    pipelines: Some(pipeline_store),
+                },
+            ),
         )
         .for_each(log_result)
         .boxed();
@@ -265,41 +532,37 @@ async fn log_result<K, E: std::fmt::Debug>(
     }
 }
 
-/// The controller of a kind, watching it through `DeserializeGuard` (one malformed object
-/// never stops the watch) and keeping it without managedFields, which nothing reads.
+/// The controller of a kind and its store, watching it through `DeserializeGuard` (one
+/// malformed object never stops the watch), keeping it without managedFields, which nothing
+/// reads, and waking only on what a reconcile acts on ([`lifecycle_key`]).
 fn main_controller<K: Reconciled>(
     client: &Client,
     ns: Option<&str>,
-) -> Controller<DeserializeGuard<K>> {
+) -> (Controller<DeserializeGuard<K>>, Store<DeserializeGuard<K>>) {
     let (reader, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(guarded::<K>(client, ns), watcher::Config::default())
-            .modify(|g: &mut DeserializeGuard<K>| match &mut g.0 {
-                Ok(o) => o.meta_mut().managed_fields = None,
-                Err(e) => e.metadata.managed_fields = None,
-            })
-            .default_backoff(),
-    )
-    .applied_objects();
-    Controller::for_stream(stream, reader)
+    let stream = changes(
+        reflector(
+            writer,
+            watcher(guarded::<K>(client, ns), watcher::Config::default())
+                .modify(|g: &mut DeserializeGuard<K>| match &mut g.0 {
+                    Ok(o) => o.meta_mut().managed_fields = None,
+                    Err(e) => e.metadata.managed_fields = None,
+                })
+                .default_backoff(),
+        ),
+        lifecycle_key::<DeserializeGuard<K>>,
+    );
+    (Controller::for_stream(stream, reader.clone()), reader)
 }
 
-/// Objects of a referenced kind, only when their spec changes (a status update of an InputBot
-/// never wakes its Pipelines).
-fn spec_changes<K>(
-    api: Api<K>,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(kube::runtime::predicates::generation, Default::default())
+/// Objects of a referenced kind when their spec changes, when they appear and when they go
+/// (a status update of an InputBot never wakes its Pipelines). Guarded, so one malformed
+/// object does not stop the watch.
+fn spec_changes<K: Reconciled>(
+    api: Api<DeserializeGuard<K>>,
+) -> impl Stream<Item = Result<DeserializeGuard<K>, watcher::Error>> + Send + 'static {
+    changes(
+        watcher(api, watcher::Config::default()).default_backoff(),
+        spec_key::<DeserializeGuard<K>>,
+    )
 }

@@ -59,6 +59,10 @@ pub struct Plan {
     pub topics: Vec<TopicRequest>,
     /// Deployments whose availability makes the workload ready.
     pub deployments: Vec<String>,
+    /// Per Deployment, the available replicas that make it ready: its replicas, or under an
+    /// autoscaler its minimum (so that scaling up, which briefly leaves new pods unavailable,
+    /// never turns a running bot not-ready).
+    pub min_available: std::collections::BTreeMap<String, i32>,
     /// Things worth a Warning event (e.g. replicas capped at partitions).
     pub warnings: Vec<String>,
     /// Autoscaling state.
@@ -80,6 +84,7 @@ impl Plan {
             children: Vec::new(),
             topics: Vec::new(),
             deployments: Vec::new(),
+            min_available: Default::default(),
             warnings: Vec::new(),
             autoscaling: AutoscalingState::Off,
             endpoints: Vec::new(),
@@ -162,11 +167,13 @@ fn add_component(
         }
     };
     let mut replicas = workload.and_then(|w| w.replicas).unwrap_or(1);
+    let mut floor = None;
     let mut autoscaled = false;
     let mut autoscaler = None;
     if let Some(a) = workload.and_then(|w| w.autoscaling.as_ref()) {
         let max = capped(a.max_replicas, "spec autoscaling.maxReplicas", plan);
         let min = a.min_replicas.min(max);
+        floor = Some(min);
         match (&a.lag, lag) {
             (Some(l), Some((group, topic))) if caps.keda => {
                 autoscaled = true;
@@ -219,6 +226,14 @@ fn add_component(
     plan.children.push(Child::ConfigMap(cm));
     plan.children.push(Child::Deployment(deploy));
     plan.children.extend(autoscaler);
+    plan.min_available.insert(
+        child.clone(),
+        if autoscaled {
+            floor.unwrap_or(1)
+        } else {
+            replicas
+        },
+    );
     plan.deployments.push(child);
 }
 
@@ -336,6 +351,8 @@ pub fn plan_bot(
         );
         plan.children.push(Child::ConfigMap(cm));
         plan.children.push(Child::Deployment(deploy));
+        plan.min_available
+            .insert(names::child_name(&name, "poller"), 1);
         plan.deployments.push(names::child_name(&name, "poller"));
     }
     plan.children.sort_by_key(Child::kind);

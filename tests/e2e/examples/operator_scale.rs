@@ -228,10 +228,20 @@ async fn main() {
     }
     let all_children = started.elapsed();
     println!(
-        "every child exists {:.1} s after the first apply ({} objects) — {:.2}× the baseline",
+        "every child exists {:.1} s after the first apply ({} objects) — {:.2}× the baseline; \
+         {:.1} s after the last apply",
         all_children.as_secs_f64(),
         children,
-        all_children.as_secs_f64() / baseline.as_secs_f64()
+        all_children.as_secs_f64() / baseline.as_secs_f64(),
+        all_children.saturating_sub(applied).as_secs_f64()
+    );
+    let so_far = op
+        .metric("inputbot_operator_reconciles_total")
+        .await
+        .unwrap_or(0.0);
+    println!(
+        "reconciles until then: {so_far} ({:.2} per resource)",
+        so_far / (bots * 3) as f64
     );
 
     // Settle: until the operator's write count holds still for 20 s (rollouts finish, statuses
@@ -253,14 +263,16 @@ async fn main() {
         writes = now;
     }
     let settled = started.elapsed();
-    println!(
-        "settled (no operator write for 20 s) {:.1} s after the first apply; {writes} writes in all",
-        settled.as_secs_f64()
-    );
     let reconciles = op
         .metric("inputbot_operator_reconciles_total")
         .await
         .unwrap_or(0.0);
+    println!(
+        "settled (no operator write for 20 s) {:.1} s after the first apply; {writes} writes and \
+         {reconciles} reconciles ({:.2} per resource) in all",
+        settled.as_secs_f64(),
+        reconciles / (bots * 3) as f64
+    );
     tokio::time::sleep(Duration::from_secs(steady)).await;
     let steady_writes = op
         .metric("inputbot_operator_api_writes_total")

@@ -10,7 +10,7 @@ use inputbot_api::{ActionBinding, InputBot, Pipeline};
 use inputbot_e2e::operator::{OperatorProcess, operator_binary};
 use inputbot_e2e::{
     Cluster, TestNamespace, apply_yaml, ensure_project_crds, ensure_thirdparty_crds,
-    kafka_bootstrap, repo_root, wait_for, yaml_documents, yaml_files,
+    kafka_bootstrap, repo_root, setting, wait_for, yaml_documents, yaml_files,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -168,6 +168,37 @@ fn expected_deployments(docs: &[Value]) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// The operator's API writes by object kind, from its metrics.
+async fn writes_by_object(op: &OperatorProcess) -> Vec<String> {
+    op.metrics_text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("inputbot_operator_api_writes_total"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs the harness's real kubectl against the harness (KUBECONFIG from its env); stdout.
+fn kubectl(args: &[&str]) -> String {
+    let bin = setting("INPUTBOT_KUBECTL").unwrap_or_else(|| {
+        panic!(
+            "INPUTBOT_KUBECTL is not set: run `scripts/tools.sh kubectl` and use the harness env"
+        )
+    });
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The Table view of `kubectl get <plural>`: column names and each row's cells.
 async fn table(client: &Client, ns: &str, plural: &str) -> (Vec<String>, Vec<Vec<Value>>) {
     let req = http::Request::get(format!(
@@ -315,9 +346,48 @@ async fn every_example_gets_exactly_its_children_and_becomes_ready() {
                 .unwrap_or_else(|| panic!("column {n} in {columns:?}"))
         };
         for row in &rows {
-            assert_eq!(row[col("Ready")], "True", "{row:?}");
-            assert_eq!(row[col("Reason")], "Ready", "{row:?}");
+            if row[col("Ready")] != "True" || row[col("Reason")] != "Ready" {
+                let name = row[0].as_str().unwrap_or_default();
+                let obj = get(client, ns.name(), "InputBot", name).await;
+                panic!(
+                    "{row:?}: status {}",
+                    obj.map(|o| o["status"].clone()).unwrap_or_default()
+                );
+            }
         }
+        // And the real kubectl, by the singular kind and a name, as a user types it (the
+        // category once shadowed the kind), and by the category for all three kinds.
+        for row in &rows {
+            let name = row[0].as_str().unwrap_or_default();
+            let out = kubectl(&["get", "inputbot", name, "-n", ns.name()]);
+            let mut lines = out.lines();
+            let header: Vec<&str> = lines
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect();
+            let cells: Vec<&str> = lines
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect();
+            assert_eq!(
+                &header[..4],
+                ["NAME", "READY", "REASON", "ENDPOINT"],
+                "kubectl get inputbot {name}:\n{out}"
+            );
+            assert_eq!(
+                &cells[..3],
+                [name, "True", "Ready"],
+                "kubectl get inputbot {name}:\n{out}"
+            );
+        }
+        let all = kubectl(&["get", "inputbot-all", "-n", ns.name(), "-o", "name"]);
+        assert!(
+            all.lines().any(|l| l.starts_with("inputbot.inputbot.dev/"))
+                && all.lines().any(|l| l.starts_with("pipeline.inputbot.dev/")),
+            "kubectl get inputbot-all:\n{all}"
+        );
         let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
         for (kind, owner, name) in &expected {
             if kind == "InputBot" && name.ends_with("-ingest") {
@@ -367,7 +437,8 @@ async fn spec_changes_roll_and_edited_or_deleted_children_are_repaired() {
     assert_eq!(hpa.spec.as_ref().unwrap().scale_target_ref.name, "b-ingest");
     assert_eq!(hpa.spec.as_ref().unwrap().max_replicas, 3);
 
-    // A no-op reconcile writes nothing: touch an annotation (a reconcile, no spec change).
+    // A no-op reconcile writes nothing: touch an annotation of the ingest Deployment (its
+    // owner reconciles — the metadata changed — but nothing it renders did).
     // Let the rollout settle (Deployment and HPA status changes reconcile too): until the
     // write count stays put for 3 s.
     let mut writes = op
@@ -389,14 +460,15 @@ async fn spec_changes_roll_and_edited_or_deleted_children_are_repaired() {
         .metric("inputbot_operator_reconciles_total")
         .await
         .unwrap();
-    let bots: Api<InputBot> = Api::namespaced(client.clone(), n);
-    bots.patch(
-        "b",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
-    )
-    .await
-    .unwrap();
+    let before_touch = writes_by_object(&op).await;
+    Api::<Deployment>::namespaced(client.clone(), n)
+        .patch(
+            "b-ingest",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .unwrap();
     wait_for("a reconcile after the touch", REPAIR_TIMEOUT, || async {
         (op.metric("inputbot_operator_reconciles_total").await? > reconciles).then_some(())
     })
@@ -407,8 +479,8 @@ async fn spec_changes_roll_and_edited_or_deleted_children_are_repaired() {
             .await
             .unwrap(),
         writes,
-        "a reconcile that changes nothing wrote to the API server:\n{}",
-        op.metrics_text().await.unwrap_or_default()
+        "a reconcile that changes nothing wrote to the API server: before the touch {before_touch:?}, after {:?}",
+        writes_by_object(&op).await
     );
 
     // A spec change rolls the Deployment: new config hash, new ReplicaSet.
@@ -514,6 +586,7 @@ async fn spec_changes_roll_and_edited_or_deleted_children_are_repaired() {
     .await;
 
     // Removing autoscaling deletes the HPA.
+    let bots: Api<InputBot> = Api::namespaced(client.clone(), n);
     bots.patch(
         "b",
         &PatchParams::default(),
