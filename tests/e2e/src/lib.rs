@@ -32,7 +32,11 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
 
+pub mod helm;
+pub mod identity;
 pub mod operator;
+pub mod pod;
+pub mod receiver;
 pub mod runtime;
 
 /// The field manager of every server-side apply made by the tests.

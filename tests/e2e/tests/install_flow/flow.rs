@@ -1,0 +1,237 @@
+//! The runtime half of the flow: every Deployment the operator rendered, run as a local
+//! process exactly as its container is specified, and the events a user sends through them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use inputbot_e2e::Cluster;
+use inputbot_e2e::pod::{LocalProcess, current_pod, plan};
+use inputbot_e2e::receiver::Receiver;
+use inputbot_e2e::runtime::read_topic;
+use inputbot_runtime::dlq::DeadLetter;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+
+use super::FLOW_TIMEOUT;
+use super::examples::{self, github_headers, helpdesk_headers, post};
+
+/// The runtime processes, by Deployment name.
+pub struct Runtime {
+    processes: BTreeMap<String, LocalProcess>,
+}
+
+impl Runtime {
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    fn get(&self, deployment: &str) -> &LocalProcess {
+        self.processes
+            .get(deployment)
+            .unwrap_or_else(|| panic!("no Deployment {deployment} was rendered: {:?}", self.processes.keys()))
+    }
+
+    /// The resolved config the process was given (the mounted ConfigMap's file).
+    fn config(&self, deployment: &str) -> Value {
+        let p = self.get(deployment);
+        let file = p.plan.root.join("etc/inputbot/component.json");
+        serde_json::from_str(&std::fs::read_to_string(file).expect("the mounted config")).expect("config JSON")
+    }
+}
+
+/// Starts a local process for every Deployment in `ns` and waits until each is ready.
+pub async fn start_runtime(cluster: &Cluster, ns: &str, root: &Path) -> Runtime {
+    let client = &cluster.client;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=inputbot-operator"))
+        .await
+        .expect("the rendered Deployments");
+    assert_eq!(deployments.items.len(), 13, "Deployments of the four examples");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut processes = BTreeMap::new();
+    for d in &deployments.items {
+        let name = d.name_any();
+        let pod = current_pod(client, d, Duration::from_secs(60)).await.expect("a Running pod");
+        let plan = plan(client, d, &pod, &root.join(&name)).await.expect("a plan");
+        assert_eq!(
+            plan.rewritten(),
+            ["/etc/inputbot/component.json", "/tmp", "/var/run/inputbot/secrets", "0.0.0.0:8080"],
+            "{name}: exactly these are rewritten: {:#?}",
+            plan.rewrites
+        );
+        let container = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        let args = container.args.clone().unwrap_or_default();
+        assert_eq!(plan.args.len(), args.len());
+        let role = args.iter().find(|a| matches!(a.as_str(), "ingest" | "process" | "act")).expect("a role");
+        assert!(plan.args.contains(role), "{name}: the role argument is verbatim");
+        let names: BTreeSet<String> = container.env.iter().flatten().map(|e| e.name.clone()).collect();
+        let mut planned: BTreeSet<String> = plan.env.keys().cloned().collect();
+        assert!(planned.remove("TMPDIR"));
+        assert_eq!(planned, names, "{name}: the container's env, and only it");
+        assert_eq!(plan.env["POD_NAME"], pod.name_any());
+        // The mounted config is the ConfigMap's, byte for byte.
+        let cm = configmaps.get(&name).await.expect("the component's ConfigMap");
+        let mounted = std::fs::read_to_string(plan.root.join("etc/inputbot/component.json")).expect("the mounted config");
+        assert_eq!(Some(&mounted), cm.data.as_ref().and_then(|d| d.get("component.json")), "{name}");
+        processes.insert(name, LocalProcess::spawn(plan, &[]));
+    }
+    for p in processes.values_mut() {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    Runtime { processes }
+}
+
+/// Waits until `f` finds something in a process's log (JSON lines) or panics after `timeout`.
+async fn wait_log(p: &LocalProcess, what: &str, timeout: Duration, needle: &str) {
+    let start = Instant::now();
+    loop {
+        if p.log_text().contains(needle) {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!("{}: no {what} ({needle}) in its log within {timeout:?}:\n{}", p.plan.deployment, p.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Sends each example what its users would, and checks what comes out.
+pub async fn drive_examples(rt: &Runtime, outside: &Receiver, bootstrap: &str, _ns: &str) {
+    tokio::join!(
+        quickstart(rt),
+        github(rt, outside),
+        support(rt, outside, bootstrap),
+        status_page(rt, outside),
+    );
+}
+
+async fn quickstart(rt: &Runtime) {
+    let ingest = rt.get("quickstart-ingest");
+    let url = ingest.url("http", "/github");
+    let body = json!({"action": "opened", "issue": {"number": 42, "title": "App crash on login", "user": {"login": "octocat"}}}).to_string();
+    let (status, answer) = post(&url, &github_headers(examples::QUICKSTART_KEY, &body, &uuid()), &body).await;
+    assert_eq!(status, 202, "a signed quickstart webhook: {answer}");
+    let (status, _) = post(&url, &github_headers("not-the-key", &body, &uuid()), &body).await;
+    assert_eq!(status, 401, "a wrongly signed quickstart webhook");
+    // The log action prints its line (JSON-escaped in the json log format).
+    let line = serde_json::to_string("issue #42 \"App crash on login\" by octocat → labels bug").unwrap();
+    wait_log(rt.get("quickstart-log-act"), "log action line", FLOW_TIMEOUT, line.trim_matches('"')).await;
+}
+
+async fn github(rt: &Runtime, outside: &Receiver) {
+    // The chat URL reaches the act process only as the mounted Secret file.
+    let act = rt.get("triage-chat-act");
+    let mounted = std::fs::read_to_string(act.plan.root.join("var/run/inputbot/secrets/chat-webhook/url")).expect("the mounted chat-webhook Secret");
+    assert_eq!(mounted, outside.url("/hooks/github-chat"));
+    let url = rt.get("github-ingest").url("http", "/github");
+    let issue = |action: &str, n: u32, title: &str| {
+        json!({"action": action, "issue": {"number": n, "title": title, "body": "it panics at start",
+               "html_url": format!("https://github.com/acme/app/issues/{n}"), "user": {"login": "octocat"}},
+               "repository": {"full_name": "acme/app"}}).to_string()
+    };
+    let closed = issue("closed", 6, "Old crash");
+    let (status, answer) = post(&url, &github_headers(examples::GITHUB_KEY, &closed, &uuid()), &closed).await;
+    assert_eq!(status, 202, "{answer}");
+    let opened = issue("opened", 7, "Crash on start");
+    let delivery = uuid();
+    let (status, answer) = post(&url, &github_headers(examples::GITHUB_KEY, &opened, &delivery), &opened).await;
+    assert_eq!(status, 202, "{answer}");
+    // GitHub re-delivers with the same delivery id: acknowledged, not published again.
+    let (status, answer) = post(&url, &github_headers(examples::GITHUB_KEY, &opened, &delivery), &opened).await;
+    assert_eq!(status, 202, "{answer}");
+    let got = outside
+        .wait_for("the triage chat message", 1, FLOW_TIMEOUT, |r| r.path == "/hooks/github-chat")
+        .await;
+    assert_eq!(
+        got[0].json(),
+        json!({"text": "[bug] acme/app#7 \"Crash on start\" by octocat: https://github.com/acme/app/issues/7"})
+    );
+    // Nothing else comes: the closed issue was filtered, the re-delivery deduplicated. (The
+    // support flow, running beside, takes longer than this wait.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outside.matching(|r| r.path == "/hooks/github-chat").len(), 1, "one chat message");
+}
+
+async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
+    let url = rt.get("support-intake-ingest").url("http", "/tickets");
+    let ticket = |id: u32, subject: &str, message: &str, email: &str| {
+        json!({"id": id, "subject": subject, "message": message, "priority": "high",
+               "requester": {"email": email, "name": "Ann"}}).to_string()
+    };
+    // Refused at the edge: the schema wants a requester.
+    let bad = json!({"id": 1000, "subject": "x"}).to_string();
+    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_KEY, &bad, &uuid()), &bad).await;
+    assert_eq!(status, 400, "{answer}");
+    let billing = ticket(1001, "Refund please", "I want a refund for invoice 7", "ann@example.com");
+    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_KEY, &billing, &uuid()), &billing).await;
+    assert_eq!(status, 202, "{answer}");
+    // Signed with the previous key (rotation), and refused by the CRM with a 422.
+    let refused = ticket(1002, "Quote", "a pricing quote please", "reject@example.com");
+    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_PREVIOUS_KEY, &refused, &uuid()), &refused).await;
+    assert_eq!(status, 202, "{answer}");
+    // Neither sales nor billing: the binding's `when` skips it.
+    let support = ticket(1003, "Printer", "my printer is broken", "bob@example.com");
+    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_KEY, &support, &uuid()), &support).await;
+    assert_eq!(status, 202, "{answer}");
+
+    let leads = outside
+        .wait_for("two CRM leads", 2, FLOW_TIMEOUT, |r| r.path == "/api/v2/leads")
+        .await;
+    let lead = leads.iter().find(|r| r.body.contains("1001")).expect("the lead of ticket 1001");
+    assert_eq!(lead.method, "POST");
+    assert_eq!(lead.headers["authorization"], examples::CRM_TOKEN);
+    assert_eq!(lead.headers["x-source"], "inputbot");
+    assert_eq!(
+        lead.json(),
+        json!({"email": "ann@example.com", "name": "Ann", "note": "Ticket 1001: Refund please", "priority": "high"})
+    );
+
+    // The refused lead: dead-lettered with its reason, and a person told in chat.
+    let notice = outside
+        .wait_for("the dead-letter notice", 1, FLOW_TIMEOUT, |r| r.path == "/hooks/support-chat")
+        .await;
+    let text = notice[0].json()["text"].as_str().unwrap_or_default().to_owned();
+    assert!(text.starts_with("Ticket 1002 could not be sent to the CRM after 1 attempts: "), "{text}");
+    let topic = rt.config("crm-lead-act")["deadLetterTopic"].as_str().expect("a dead-letter topic").to_owned();
+    let start = Instant::now();
+    let dead = loop {
+        let records = read_topic(bootstrap, &topic);
+        if let Some(r) = records.into_iter().next() {
+            break r;
+        }
+        assert!(start.elapsed() < FLOW_TIMEOUT, "nothing on {topic}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(dead.headers["inputbot_dlq_class"], "status");
+    assert_eq!(dead.headers["inputbot_dlq_status"], "422");
+    let record: DeadLetter = serde_json::from_slice(&dead.value).expect("a dead-letter record");
+    assert_eq!(record.event.data["ticket"], 1002);
+    assert_eq!(record.event.data["from"], "reject@example.com");
+    assert_eq!(record.error.status, Some(422));
+    assert_eq!(record.error.attempts, 1);
+    assert_eq!(record.failed_at.stage, "action");
+    assert_eq!(read_topic(bootstrap, &topic).len(), 1, "only the refused lead is dead-lettered");
+    assert_eq!(outside.matching(|r| r.path == "/api/v2/leads").len(), 2, "ticket 1003 is skipped");
+}
+
+async fn status_page(rt: &Runtime, outside: &Receiver) {
+    let got = outside
+        .wait_for("the incident chat message", 1, FLOW_TIMEOUT, |r| r.path == "/hooks/ops-chat")
+        .await;
+    assert_eq!(
+        got[0].json(),
+        json!({"text": ":rotating_light: API outage (major, investigating) https://stspg.io/inc-1"})
+    );
+    let polls = outside.matching(|r| r.path == "/api/v2/incidents/unresolved.json");
+    assert_eq!(polls[0].headers["authorization"], examples::STATUS_TOKEN);
+    assert_eq!(polls[0].headers["accept"], "application/json");
+    let _ = rt.get("incident-mail-act");
+}
