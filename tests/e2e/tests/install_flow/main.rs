@@ -164,11 +164,20 @@ async fn wait_table_ready(client: &Client, ns: &str, plural: &str, names: &BTree
     .await
 }
 
-/// `kubectl get <what>` with the real kubectl, when there is one on PATH (the harness does
-/// not build it; the Table API above is what it prints either way).
+/// The real kubectl: `INPUTBOT_KUBECTL` (scripts/tools.sh builds it), else `kubectl` on PATH.
+/// Without one, the Table API above is what it would print.
+fn kubectl() -> Option<String> {
+    if let Some(k) = setting("INPUTBOT_KUBECTL") {
+        return Some(k);
+    }
+    let found = std::process::Command::new("kubectl").args(["version", "--client"]).output();
+    found.is_ok_and(|o| o.status.success()).then(|| "kubectl".to_owned())
+}
+
+/// `kubectl get <what> -n <ns>` with the real kubectl, when there is one.
 fn kubectl_get(what: &str, ns: &str) -> Option<String> {
     let kubeconfig = setting("KUBECONFIG")?;
-    let out = std::process::Command::new("kubectl")
+    let out = std::process::Command::new(kubectl()?)
         .args(["--kubeconfig", &kubeconfig, "get", what, "-n", ns])
         .output()
         .ok()?;
@@ -283,7 +292,8 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     forbidden(Api::<ClusterRoleBinding>::all(as_sa.clone()).create(&PostParams { dry_run: true, ..Default::default() }, &crb).await.map(|_| ()), "creating a ClusterRoleBinding");
     forbidden(Api::<k8s_openapi::api::core::v1::Namespace>::all(as_sa.clone()).delete(bots_ns, &DeleteParams::default().dry_run()).await.map(|_| ()), "deleting a namespace");
     if let Some(kubeconfig_admin) = setting("KUBECONFIG")
-        && let Ok(out) = std::process::Command::new("kubectl")
+        && let Some(kubectl) = kubectl()
+        && let Ok(out) = std::process::Command::new(kubectl)
             .args(["--kubeconfig", &kubeconfig_admin, "auth", "can-i", "list", "secrets", "--all-namespaces", "--as", &service_account_user(system.name(), sa)])
             .output()
     {
@@ -321,11 +331,25 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     }
     // A polled bot has no webhook, so no endpoint.
     assert!(!endpoint("vendor-status").starts_with("http"), "{}", endpoint("vendor-status"));
+    // `inputbot` is also the kinds' category, which kubectl expands first: `kubectl get
+    // inputbot` lists all three kinds, each row Ready; the InputBots with their endpoint.
     if let Some(out) = kubectl_get("inputbot", bots_ns) {
         eprintln!("[install_flow] kubectl get inputbot:\n{out}");
-        for bot in &names["inputbots"] {
-            let line = out.lines().find(|l| l.starts_with(bot.as_str())).unwrap_or_else(|| panic!("kubectl get inputbot lacks {bot}:\n{out}"));
-            assert!(line.contains("True") && line.contains("Ready"), "{line}");
+        let rows: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("NAME"))
+            .collect();
+        assert_eq!(rows.len(), 13, "kubectl get inputbot:\n{out}");
+        for line in &rows {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            assert!(cells.contains(&"True") && cells.contains(&"Ready"), "not Ready: {line}");
+        }
+        for (bot, path) in [("quickstart", "/github"), ("github", "/github"), ("support-intake", "/tickets")] {
+            let line = rows
+                .iter()
+                .find(|l| l.starts_with(&format!("inputbot.inputbot.dev/{bot} ")))
+                .unwrap_or_else(|| panic!("kubectl get inputbot lacks {bot}:\n{out}"));
+            assert!(line.contains(&format!("http://{bot}-ingest.{bots_ns}.svc:8080{path}")), "{line}");
         }
     }
     phases.mark("examples applied and Ready");
