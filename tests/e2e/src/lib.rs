@@ -38,6 +38,7 @@ pub mod operator;
 pub mod pod;
 pub mod receiver;
 pub mod runtime;
+pub mod smtp;
 
 /// The field manager of every server-side apply made by the tests.
 pub const FIELD_MANAGER: &str = "inputbot-e2e";

@@ -11,6 +11,7 @@ use std::path::Path;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use inputbot_e2e::receiver::{Receiver, Reply, Request};
+use inputbot_e2e::smtp::MailSink;
 use inputbot_e2e::{repo_root, yaml_documents};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -50,26 +51,34 @@ pub fn secret_values(outside: &Receiver) -> BTreeMap<(&'static str, &'static str
     ])
 }
 
-/// (kind, name, JSON pointer, the example's value, the receiver path it becomes).
-const URL_FIELDS: [(&str, &str, &str, &str, &str); 2] = [
-    (
-        "ActionBinding",
-        "crm-lead",
-        "/spec/action/http/url",
-        "https://crm.example.com/api/v2/leads",
-        "/api/v2/leads",
-    ),
-    (
-        "InputBot",
-        "vendor-status",
-        "/spec/sources/0/poll/url",
-        "https://status.example.com/api/v2/incidents/unresolved.json",
-        "/api/v2/incidents/unresolved.json",
-    ),
-];
+/// The fields pointing at an external service, each as (kind, name, JSON pointer, the
+/// example's value, the local stand-in's): the CRM and the status page become receiver URLs,
+/// the SMTP relay the local mail sink (plain SMTP on loopback: there is no TLS certificate
+/// for 127.0.0.1 that the action would trust).
+fn external_fields(outside: &Receiver, mail: &MailSink) -> Vec<(&'static str, &'static str, &'static str, Value, Value)> {
+    vec![
+        (
+            "ActionBinding",
+            "crm-lead",
+            "/spec/action/http/url",
+            json!("https://crm.example.com/api/v2/leads"),
+            json!(outside.url("/api/v2/leads")),
+        ),
+        (
+            "InputBot",
+            "vendor-status",
+            "/spec/sources/0/poll/url",
+            json!("https://status.example.com/api/v2/incidents/unresolved.json"),
+            json!(outside.url("/api/v2/incidents/unresolved.json")),
+        ),
+        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/host", json!("smtp.example.com"), json!("127.0.0.1")),
+        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/port", json!(587), json!(mail.addr.port())),
+        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/tls", json!("starttls"), json!("none")),
+    ]
+}
 
 /// The documents of every example, as this test applies them, and a line per change made.
-pub fn prepared(outside: &Receiver) -> (Vec<Value>, Vec<String>) {
+pub fn prepared(outside: &Receiver, mail: &MailSink) -> (Vec<Value>, Vec<String>) {
     let mut files: Vec<String> = inputbot_e2e::yaml_files(&repo_root().join("examples"))
         .iter()
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -80,13 +89,14 @@ pub fn prepared(outside: &Receiver) -> (Vec<Value>, Vec<String>) {
         "examples/ changed: teach tests/e2e/tests/install_flow the new example's Secrets and flow"
     );
     let values = secret_values(outside);
+    let external = external_fields(outside, mail);
     let mut docs = Vec::new();
     let mut changes = Vec::new();
     for file in EXAMPLES {
         let path = repo_root().join("examples").join(file);
         let text = std::fs::read_to_string(&path).expect("the example");
         for mut doc in yaml_documents(&text).expect("the example parses") {
-            prepare(&path, &mut doc, &values, outside, &mut changes);
+            prepare(&path, &mut doc, &values, &external, &mut changes);
             docs.push(doc);
         }
     }
@@ -97,7 +107,7 @@ fn prepare(
     file: &Path,
     doc: &mut Value,
     values: &BTreeMap<(&'static str, &'static str), String>,
-    outside: &Receiver,
+    external: &[(&str, &str, &str, Value, Value)],
     changes: &mut Vec<String>,
 ) {
     let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
@@ -119,19 +129,19 @@ fn prepare(
         }
         return;
     }
-    for (k, n, pointer, shipped, path) in URL_FIELDS {
-        if k == kind && n == name {
+    for (k, n, pointer, shipped, local) in external {
+        if *k == kind && *n == name {
             let field = doc
                 .pointer_mut(pointer)
                 .unwrap_or_else(|| panic!("{}: {kind} {name} has no {pointer}", file.display()));
             assert_eq!(
-                field.as_str(),
-                Some(shipped),
+                field,
+                shipped,
                 "{}: {kind} {name} {pointer} is not what this test replaces",
                 file.display()
             );
-            *field = Value::String(outside.url(path));
-            changes.push(format!("{kind} {name} {pointer}: {shipped} → the receiver's {path}"));
+            *field = local.clone();
+            changes.push(format!("{kind} {name} {pointer}: {shipped} → {local}"));
         }
     }
 }

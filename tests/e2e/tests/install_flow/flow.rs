@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use inputbot_e2e::Cluster;
 use inputbot_e2e::pod::{LocalProcess, current_pod, plan};
 use inputbot_e2e::receiver::Receiver;
+use inputbot_e2e::smtp::MailSink;
 use inputbot_e2e::runtime::read_topic;
 use inputbot_runtime::dlq::DeadLetter;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -104,12 +105,12 @@ fn uuid() -> String {
 }
 
 /// Sends each example what its users would, and checks what comes out.
-pub async fn drive_examples(rt: &Runtime, outside: &Receiver, bootstrap: &str, _ns: &str) {
+pub async fn drive_examples(rt: &Runtime, outside: &Receiver, mail: &MailSink, bootstrap: &str) {
     tokio::join!(
         quickstart(rt),
         github(rt, outside),
         support(rt, outside, bootstrap),
-        status_page(rt, outside),
+        status_page(outside, mail),
     );
 }
 
@@ -222,7 +223,7 @@ async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
     assert_eq!(outside.matching(|r| r.path == "/api/v2/leads").len(), 2, "ticket 1003 is skipped");
 }
 
-async fn status_page(rt: &Runtime, outside: &Receiver) {
+async fn status_page(outside: &Receiver, mail: &MailSink) {
     let got = outside
         .wait_for("the incident chat message", 1, FLOW_TIMEOUT, |r| r.path == "/hooks/ops-chat")
         .await;
@@ -233,5 +234,16 @@ async fn status_page(rt: &Runtime, outside: &Receiver) {
     let polls = outside.matching(|r| r.path == "/api/v2/incidents/unresolved.json");
     assert_eq!(polls[0].headers["authorization"], examples::STATUS_TOKEN);
     assert_eq!(polls[0].headers["accept"], "application/json");
-    let _ = rt.get("incident-mail-act");
+    // A major incident pages: one mail, through the relay, as the example's user.
+    let mails = mail.wait_for(1, FLOW_TIMEOUT).await;
+    let m = &mails[0];
+    assert_eq!(m.auth, Some(("statusbot".to_owned(), "flow-smtp-password".to_owned())));
+    assert_eq!(m.from, "<statusbot@example.com>");
+    assert_eq!(m.to, ["<oncall@example.com>"]);
+    assert!(m.data.contains("Subject: [major] API outage\r\n"), "{}", m.data);
+    assert!(m.data.contains("Vendor incident: API outage"), "{}", m.data);
+    assert!(m.data.contains("Details: https://stspg.io/inc-1"), "{}", m.data);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(mail.mails().len(), 1, "the resolved incident sends nothing");
+    assert_eq!(outside.matching(|r| r.path == "/hooks/ops-chat").len(), 1, "one chat message");
 }

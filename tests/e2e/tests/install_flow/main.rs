@@ -31,8 +31,10 @@ use inputbot_e2e::helm::{Helm, chart_dir};
 use inputbot_e2e::identity::{self, may, service_account_user};
 use inputbot_e2e::pod::{LocalProcess, current_pod, plan};
 use inputbot_e2e::receiver::Receiver;
+use inputbot_e2e::smtp::MailSink;
 use inputbot_e2e::{Cluster, TestNamespace, apply, kafka_bootstrap, setting, unique_suffix, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role};
@@ -231,6 +233,7 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     let root = std::env::temp_dir().join(format!("inputbot-e2e-flow-{}", unique_suffix()));
     std::fs::create_dir_all(&root).expect("a temp dir");
     let outside = Receiver::start(examples::outside_rule).await;
+    let mail = MailSink::start().await;
 
     // ---- helm install, CRDs from the chart ------------------------------------------
     adopt_existing_crds(&client, system.name()).await;
@@ -279,6 +282,14 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
         let config = kube::Config::from_custom_kubeconfig(k, &Default::default()).await.unwrap();
         Client::try_from(config).unwrap()
     };
+    // Who the API server says that is: the ServiceAccount, with the groups its token carries.
+    let review: SelfSubjectReview = serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})).unwrap();
+    let me = Api::<SelfSubjectReview>::all(as_sa.clone()).create(&PostParams::default(), &review).await.expect("a SelfSubjectReview");
+    let info = me.status.and_then(|s| s.user_info).expect("user info");
+    assert_eq!(info.username.as_deref(), Some(service_account_user(system.name(), sa).as_str()));
+    let groups = info.groups.unwrap_or_default();
+    assert!(groups.contains(&format!("system:serviceaccounts:{}", system.name())), "{groups:?}");
+    assert!(!groups.iter().any(|g| g == "system:masters"), "{groups:?}");
     let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
         Err(kube::Error::Api(e)) if e.code == 403 => {}
         other => panic!("{what} as the operator's ServiceAccount must be forbidden, got {other:?}"),
@@ -307,7 +318,7 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     phases.mark("operator started");
 
     // ---- every example, as a user applies it -----------------------------------------
-    let (docs, changes) = examples::prepared(&outside);
+    let (docs, changes) = examples::prepared(&outside, &mail);
     eprintln!("[install_flow] changes to the shipped examples:\n  {}", changes.join("\n  "));
     let mut names: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for doc in &docs {
@@ -357,7 +368,7 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     // ---- the runtime, as the rendered Deployments run it -----------------------------
     let runtime = flow::start_runtime(&cluster, bots_ns, &root.join("runtime")).await;
     phases.mark("runtime processes ready");
-    flow::drive_examples(&runtime, &outside, &bootstrap, bots_ns).await;
+    flow::drive_examples(&runtime, &outside, &mail, &bootstrap).await;
     phases.mark("events through every example");
 
     // ---- helm upgrade rolls the operator ----------------------------------------------
