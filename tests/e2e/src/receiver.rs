@@ -2,6 +2,9 @@
 //! CRM, a chat webhook, a status page): it records every request — method, path, headers,
 //! body — and answers each with what a rule decides, so a test can make one request fail and
 //! another succeed, or serve JSON to a poll source.
+//!
+//! Against a cluster whose pods really run (`INPUTBOT_E2E_HOST` set, e.g. kind), pods must
+//! reach it: it then listens on all interfaces and its URLs name that host.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,35 +75,47 @@ struct Shared {
     received: Mutex<Vec<Request>>,
 }
 
+/// Where the test's stand-ins listen and the address their URLs name: loopback, or with
+/// `INPUTBOT_E2E_HOST` (the address the cluster's pods reach this machine at) all interfaces.
+pub fn listen_hosts() -> (String, String) {
+    match crate::setting("INPUTBOT_E2E_HOST") {
+        Some(host) => ("0.0.0.0".to_owned(), host),
+        None => ("127.0.0.1".to_owned(), "127.0.0.1".to_owned()),
+    }
+}
+
 /// A running receiver; it stops with the test's runtime.
 #[derive(Clone)]
 pub struct Receiver {
-    /// Where it listens (loopback).
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The host its URLs name.
+    pub host: String,
     shared: Arc<Shared>,
 }
 
 impl Receiver {
-    /// Starts a receiver on a free loopback port answering every request with `rule`.
+    /// Starts a receiver on a free port ([`listen_hosts`]) answering every request with `rule`.
     pub async fn start(rule: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Receiver {
         let shared = Arc::new(Shared {
             rule: Box::new(rule),
             received: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let (bind, host) = listen_hosts();
+        let listener = tokio::net::TcpListener::bind((bind.as_str(), 0))
             .await
-            .expect("a loopback port for the receiver");
+            .expect("a port for the receiver");
         let addr = listener.local_addr().expect("the receiver's address");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, shared }
+        Receiver { addr, host, shared }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}:{}{path}", self.host, self.addr.port())
     }
 
     /// Every request so far.

@@ -1,6 +1,7 @@
 //! A mail server on 127.0.0.1 that speaks just enough plain SMTP for a real client (greeting,
 //! EHLO offering AUTH PLAIN, AUTH, MAIL, RCPT, DATA, RSET, NOOP, QUIT), accepts every message
-//! and records it: the stand-in for an example's SMTP relay.
+//! and records it: the stand-in for an example's SMTP relay. On loopback unless
+//! `INPUTBOT_E2E_HOST` says where the cluster's pods reach this machine.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,15 +29,18 @@ pub struct Mail {
 pub struct MailSink {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The host a client is to connect to (see [`crate::receiver::listen_hosts`]).
+    pub host: String,
     mails: Arc<Mutex<Vec<Mail>>>,
 }
 
 impl MailSink {
-    /// Starts a sink on a free loopback port.
+    /// Starts a sink on a free port ([`crate::receiver::listen_hosts`]).
     pub async fn start() -> MailSink {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let (bind, host) = crate::receiver::listen_hosts();
+        let listener = TcpListener::bind((bind.as_str(), 0))
             .await
-            .expect("a loopback port for the mail sink");
+            .expect("a port for the mail sink");
         let addr = listener.local_addr().expect("its address");
         let mails = Arc::new(Mutex::new(Vec::new()));
         let record = mails.clone();
@@ -45,7 +49,7 @@ impl MailSink {
                 tokio::spawn(session(stream, record.clone()));
             }
         });
-        MailSink { addr, mails }
+        MailSink { addr, host, mails }
     }
 
     /// Every message so far.

@@ -53,8 +53,8 @@ pub fn secret_values(outside: &Receiver) -> BTreeMap<(&'static str, &'static str
 
 /// The fields pointing at an external service, each as (kind, name, JSON pointer, the
 /// example's value, the local stand-in's): the CRM and the status page become receiver URLs,
-/// the SMTP relay the local mail sink (plain SMTP on loopback: there is no TLS certificate
-/// for 127.0.0.1 that the action would trust).
+/// the SMTP relay the local mail sink (plain SMTP: there is no TLS certificate for a test
+/// address that the action would trust).
 fn external_fields(outside: &Receiver, mail: &MailSink) -> Vec<(&'static str, &'static str, &'static str, Value, Value)> {
     vec![
         (
@@ -71,7 +71,7 @@ fn external_fields(outside: &Receiver, mail: &MailSink) -> Vec<(&'static str, &'
             json!("https://status.example.com/api/v2/incidents/unresolved.json"),
             json!(outside.url("/api/v2/incidents/unresolved.json")),
         ),
-        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/host", json!("smtp.example.com"), json!("127.0.0.1")),
+        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/host", json!("smtp.example.com"), json!(mail.host)),
         ("ActionBinding", "incident-mail", "/spec/action/email/smtp/port", json!(587), json!(mail.addr.port())),
         ("ActionBinding", "incident-mail", "/spec/action/email/smtp/tls", json!("starttls"), json!("none")),
     ]

@@ -1,5 +1,6 @@
 //! The runtime half of the flow: every Deployment the operator rendered, run as a local
-//! process exactly as its container is specified, and the events a user sends through them.
+//! process exactly as its container is specified (or, on a cluster with real nodes, by the
+//! cluster), and the events a user sends through them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -19,33 +20,124 @@ use serde_json::{Value, json};
 
 use super::FLOW_TIMEOUT;
 use super::examples::{self, github_headers, helpdesk_headers, post};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
 
-/// The runtime processes, by Deployment name.
-pub struct Runtime {
-    processes: BTreeMap<String, LocalProcess>,
+/// Where the runtime runs: local processes (kwok's nodes run nothing), or the cluster's
+/// own pods (`INPUTBOT_E2E_REAL_PODS=1`: kind, k3d, with real images).
+pub enum Runtime {
+    /// A local process per Deployment, by Deployment name.
+    Local(BTreeMap<String, LocalProcess>),
+    /// The cluster's pods, reached through the API server (service proxy, pod logs).
+    Pods {
+        client: Client,
+        ns: String,
+        deployments: BTreeSet<String>,
+    },
 }
 
 impl Runtime {
     pub fn len(&self) -> usize {
-        self.processes.len()
+        match self {
+            Runtime::Local(p) => p.len(),
+            Runtime::Pods { deployments, .. } => deployments.len(),
+        }
     }
 
-    fn get(&self, deployment: &str) -> &LocalProcess {
-        self.processes
-            .get(deployment)
-            .unwrap_or_else(|| panic!("no Deployment {deployment} was rendered: {:?}", self.processes.keys()))
+    fn local(&self, deployment: &str) -> Option<&LocalProcess> {
+        match self {
+            Runtime::Local(p) => Some(
+                p.get(deployment)
+                    .unwrap_or_else(|| panic!("no Deployment {deployment} was rendered: {:?}", p.keys())),
+            ),
+            Runtime::Pods { .. } => None,
+        }
     }
 
-    /// The resolved config the process was given (the mounted ConfigMap's file).
-    fn config(&self, deployment: &str) -> Value {
-        let p = self.get(deployment);
-        let file = p.plan.root.join("etc/inputbot/component.json");
-        serde_json::from_str(&std::fs::read_to_string(file).expect("the mounted config")).expect("config JSON")
+    /// The resolved config the component runs with: the mounted ConfigMap file (local), or
+    /// the ConfigMap.
+    async fn config(&self, deployment: &str) -> Value {
+        let text = match self {
+            Runtime::Local(_) => {
+                let p = self.local(deployment).unwrap();
+                std::fs::read_to_string(p.plan.root.join("etc/inputbot/component.json")).expect("the mounted config")
+            }
+            Runtime::Pods { client, ns, .. } => Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get(deployment)
+                .await
+                .expect("the component's ConfigMap")
+                .data
+                .and_then(|mut d| d.remove("component.json"))
+                .expect("component.json"),
+        };
+        serde_json::from_str(&text).expect("config JSON")
+    }
+
+    /// POSTs to the ingest `deployment` (its Service of the same name): on its loopback port,
+    /// or through the API server's service proxy.
+    async fn post(&self, deployment: &str, path: &str, headers: &[(String, String)], body: &str) -> (u16, String) {
+        match self {
+            Runtime::Local(_) => post(&self.local(deployment).unwrap().url("http", path), headers, body).await,
+            Runtime::Pods { client, ns, .. } => {
+                let mut req = http::Request::post(format!("/api/v1/namespaces/{ns}/services/{deployment}:http/proxy{path}"));
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let req = req.body(kube::client::Body::from(body.as_bytes().to_vec())).expect("a request");
+                let resp = client.send(req).await.unwrap_or_else(|e| panic!("POST {path} to {deployment} via the API server: {e}"));
+                let status = resp.status().as_u16();
+                let bytes = resp.into_body().collect_bytes().await.unwrap_or_default();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        }
+    }
+
+    /// What the component logged so far (every pod's log, in the cluster).
+    async fn log(&self, deployment: &str) -> String {
+        match self {
+            Runtime::Local(_) => self.local(deployment).unwrap().log_text(),
+            Runtime::Pods { client, ns, .. } => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+                let d = Api::<Deployment>::namespaced(client.clone(), ns).get(deployment).await.expect("the Deployment");
+                let selector = d.spec.unwrap().selector.match_labels.unwrap_or_default()
+                    .into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+                let mut text = String::new();
+                for p in pods.list(&ListParams::default().labels(&selector)).await.expect("pods").items {
+                    text.push_str(&pods.logs(&p.name_any(), &Default::default()).await.unwrap_or_default());
+                }
+                text
+            }
+        }
     }
 }
 
+/// Starts the runtime (see [`Runtime`]) and waits until every component is ready.
+pub async fn start_runtime(cluster: &Cluster, ns: &str, root: &Path, real_pods: bool) -> Runtime {
+    if real_pods {
+        return wait_pods(cluster, ns).await;
+    }
+    start_local(cluster, ns, root).await
+}
+
+/// The cluster runs the pods: wait until each Deployment is available.
+async fn wait_pods(cluster: &Cluster, ns: &str) -> Runtime {
+    let api: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+    let deployments = inputbot_e2e::wait_for("13 runtime Deployments available", Duration::from_secs(180), || async {
+        let list = api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=inputbot-operator")).await.ok()?;
+        let available = list.items.iter().filter(|d| {
+            let s = d.status.clone().unwrap_or_default();
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            s.available_replicas.unwrap_or(0) >= want && s.updated_replicas.unwrap_or(0) >= want
+        });
+        let names: BTreeSet<String> = available.map(|d| d.name_any()).collect();
+        (names.len() == 13).then_some(names)
+    })
+    .await;
+    Runtime::Pods { client: cluster.client.clone(), ns: ns.to_owned(), deployments }
+}
+
 /// Starts a local process for every Deployment in `ns` and waits until each is ready.
-pub async fn start_runtime(cluster: &Cluster, ns: &str, root: &Path) -> Runtime {
+async fn start_local(cluster: &Cluster, ns: &str, root: &Path) -> Runtime {
     let client = &cluster.client;
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels("app.kubernetes.io/managed-by=inputbot-operator"))
@@ -83,20 +175,21 @@ pub async fn start_runtime(cluster: &Cluster, ns: &str, root: &Path) -> Runtime 
     for p in processes.values_mut() {
         p.wait_ready(Duration::from_secs(60)).await;
     }
-    Runtime { processes }
+    Runtime::Local(processes)
 }
 
-/// Waits until `f` finds something in a process's log (JSON lines) or panics after `timeout`.
-async fn wait_log(p: &LocalProcess, what: &str, timeout: Duration, needle: &str) {
+/// Waits until `needle` is in a component's log, or panics after `timeout`.
+async fn wait_log(rt: &Runtime, deployment: &str, what: &str, timeout: Duration, needle: &str) {
     let start = Instant::now();
     loop {
-        if p.log_text().contains(needle) {
+        let log = rt.log(deployment).await;
+        if log.contains(needle) {
             return;
         }
         if start.elapsed() > timeout {
-            panic!("{}: no {what} ({needle}) in its log within {timeout:?}:\n{}", p.plan.deployment, p.log_text());
+            panic!("{deployment}: no {what} ({needle}) in its log within {timeout:?}:\n{log}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -115,38 +208,38 @@ pub async fn drive_examples(rt: &Runtime, outside: &Receiver, mail: &MailSink, b
 }
 
 async fn quickstart(rt: &Runtime) {
-    let ingest = rt.get("quickstart-ingest");
-    let url = ingest.url("http", "/github");
+    let (ingest, path) = ("quickstart-ingest", "/github");
     let body = json!({"action": "opened", "issue": {"number": 42, "title": "App crash on login", "user": {"login": "octocat"}}}).to_string();
-    let (status, answer) = post(&url, &github_headers(examples::QUICKSTART_KEY, &body, &uuid()), &body).await;
+    let (status, answer) = rt.post(ingest, path, &github_headers(examples::QUICKSTART_KEY, &body, &uuid()), &body).await;
     assert_eq!(status, 202, "a signed quickstart webhook: {answer}");
-    let (status, _) = post(&url, &github_headers("not-the-key", &body, &uuid()), &body).await;
+    let (status, _) = rt.post(ingest, path, &github_headers("not-the-key", &body, &uuid()), &body).await;
     assert_eq!(status, 401, "a wrongly signed quickstart webhook");
     // The log action prints its line on stdout, beside the JSON log.
     let line = "\nissue #42 \"App crash on login\" by octocat → labels bug\n";
-    wait_log(rt.get("quickstart-log-act"), "log action line", FLOW_TIMEOUT, line).await;
+    wait_log(rt, "quickstart-log-act", "log action line", FLOW_TIMEOUT, line).await;
 }
 
 async fn github(rt: &Runtime, outside: &Receiver) {
     // The chat URL reaches the act process only as the mounted Secret file.
-    let act = rt.get("triage-chat-act");
-    let mounted = std::fs::read_to_string(act.plan.root.join("var/run/inputbot/secrets/chat-webhook/url")).expect("the mounted chat-webhook Secret");
-    assert_eq!(mounted, outside.url("/hooks/github-chat"));
-    let url = rt.get("github-ingest").url("http", "/github");
+    if let Some(act) = rt.local("triage-chat-act") {
+        let mounted = std::fs::read_to_string(act.plan.root.join("var/run/inputbot/secrets/chat-webhook/url")).expect("the mounted chat-webhook Secret");
+        assert_eq!(mounted, outside.url("/hooks/github-chat"));
+    }
+    let (ingest, path) = ("github-ingest", "/github");
     let issue = |action: &str, n: u32, title: &str| {
         json!({"action": action, "issue": {"number": n, "title": title, "body": "it panics at start",
                "html_url": format!("https://github.com/acme/app/issues/{n}"), "user": {"login": "octocat"}},
                "repository": {"full_name": "acme/app"}}).to_string()
     };
     let closed = issue("closed", 6, "Old crash");
-    let (status, answer) = post(&url, &github_headers(examples::GITHUB_KEY, &closed, &uuid()), &closed).await;
+    let (status, answer) = rt.post(ingest, path, &github_headers(examples::GITHUB_KEY, &closed, &uuid()), &closed).await;
     assert_eq!(status, 202, "{answer}");
     let opened = issue("opened", 7, "Crash on start");
     let delivery = uuid();
-    let (status, answer) = post(&url, &github_headers(examples::GITHUB_KEY, &opened, &delivery), &opened).await;
+    let (status, answer) = rt.post(ingest, path, &github_headers(examples::GITHUB_KEY, &opened, &delivery), &opened).await;
     assert_eq!(status, 202, "{answer}");
     // GitHub re-delivers with the same delivery id: acknowledged, not published again.
-    let (status, answer) = post(&url, &github_headers(examples::GITHUB_KEY, &opened, &delivery), &opened).await;
+    let (status, answer) = rt.post(ingest, path, &github_headers(examples::GITHUB_KEY, &opened, &delivery), &opened).await;
     assert_eq!(status, 202, "{answer}");
     let got = outside
         .wait_for("the triage chat message", 1, FLOW_TIMEOUT, |r| r.path == "/hooks/github-chat")
@@ -162,25 +255,25 @@ async fn github(rt: &Runtime, outside: &Receiver) {
 }
 
 async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
-    let url = rt.get("support-intake-ingest").url("http", "/tickets");
+    let (ingest, path) = ("support-intake-ingest", "/tickets");
     let ticket = |id: u32, subject: &str, message: &str, email: &str| {
         json!({"id": id, "subject": subject, "message": message, "priority": "high",
                "requester": {"email": email, "name": "Ann"}}).to_string()
     };
     // Refused at the edge: the schema wants a requester.
     let bad = json!({"id": 1000, "subject": "x"}).to_string();
-    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_KEY, &bad, &uuid()), &bad).await;
+    let (status, answer) = rt.post(ingest, path, &helpdesk_headers(examples::HELPDESK_KEY, &bad, &uuid()), &bad).await;
     assert_eq!(status, 400, "{answer}");
     let billing = ticket(1001, "Refund please", "I want a refund for invoice 7", "ann@example.com");
-    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_KEY, &billing, &uuid()), &billing).await;
+    let (status, answer) = rt.post(ingest, path, &helpdesk_headers(examples::HELPDESK_KEY, &billing, &uuid()), &billing).await;
     assert_eq!(status, 202, "{answer}");
     // Signed with the previous key (rotation), and refused by the CRM with a 422.
     let refused = ticket(1002, "Quote", "a pricing quote please", "reject@example.com");
-    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_PREVIOUS_KEY, &refused, &uuid()), &refused).await;
+    let (status, answer) = rt.post(ingest, path, &helpdesk_headers(examples::HELPDESK_PREVIOUS_KEY, &refused, &uuid()), &refused).await;
     assert_eq!(status, 202, "{answer}");
     // Neither sales nor billing: the binding's `when` skips it.
     let support = ticket(1003, "Printer", "my printer is broken", "bob@example.com");
-    let (status, answer) = post(&url, &helpdesk_headers(examples::HELPDESK_KEY, &support, &uuid()), &support).await;
+    let (status, answer) = rt.post(ingest, path, &helpdesk_headers(examples::HELPDESK_KEY, &support, &uuid()), &support).await;
     assert_eq!(status, 202, "{answer}");
 
     let leads = outside
@@ -201,7 +294,7 @@ async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
         .await;
     let text = notice[0].json()["text"].as_str().unwrap_or_default().to_owned();
     assert!(text.starts_with("Ticket 1002 could not be sent to the CRM after 1 attempts: "), "{text}");
-    let topic = rt.config("crm-lead-act")["deadLetterTopic"].as_str().expect("a dead-letter topic").to_owned();
+    let topic = rt.config("crm-lead-act").await["deadLetterTopic"].as_str().expect("a dead-letter topic").to_owned();
     let start = Instant::now();
     let dead = loop {
         let records = read_topic(bootstrap, &topic);

@@ -74,12 +74,79 @@ impl Phases {
     }
 }
 
+/// Whether the cluster runs the pods itself (`INPUTBOT_E2E_REAL_PODS=1`: kind, k3d, with the
+/// project's images) instead of kwok's fake nodes.
+fn real_pods() -> bool {
+    setting("INPUTBOT_E2E_REAL_PODS").as_deref() == Some("1")
+}
+
+/// The chart's values: the test broker (as the pods reach it), one watched namespace, and with
+/// real pods the images to run.
 fn values(bootstrap: &str, watched: &str, extra: &str) -> String {
-    format!(
-        "kafka:\n  bootstrapServers: \"{bootstrap}\"\n\
-         topics:\n  defaults: {{partitions: 2, replicationFactor: 1}}\n\
-         watchNamespaces: [\"{watched}\"]\n{extra}"
-    )
+    let mut v = String::new();
+    let pod_bootstrap = setting("INPUTBOT_E2E_POD_KAFKA_BOOTSTRAP").filter(|_| real_pods()).unwrap_or_else(|| bootstrap.to_owned());
+    v.push_str(&format!("kafka:\n  bootstrapServers: \"{pod_bootstrap}\"\n"));
+    v.push_str("topics:\n  defaults: {partitions: 2, replicationFactor: 1}\n");
+    v.push_str(&format!("watchNamespaces: [\"{watched}\"]\n"));
+    if real_pods() {
+        let image = |var: &str| {
+            let image = setting(var).unwrap_or_else(|| panic!("INPUTBOT_E2E_REAL_PODS=1 needs {var} (repository:tag)"));
+            let (repo, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("{var}={image}: expected repository:tag"));
+            format!("{{repository: \"{repo}\", tag: \"{tag}\"}}")
+        };
+        v.push_str(&format!("image: {}\n", image("INPUTBOT_E2E_OPERATOR_IMAGE")));
+        v.push_str(&format!("runtime: {{image: {}}}\n", image("INPUTBOT_E2E_RUNTIME_IMAGE")));
+    }
+    v.push_str(extra);
+    v
+}
+
+/// The operator: a local process as the chart's pod (kwok), or the chart's own pods.
+enum Operator {
+    Local(Box<LocalProcess>),
+    Pods,
+}
+
+impl Operator {
+    async fn up(cluster: &Cluster, ns: &str, root: &PathBuf, kubeconfig: &str) -> Operator {
+        if !real_pods() {
+            return Operator::Local(Box::new(start_operator(cluster, ns, root, kubeconfig).await));
+        }
+        let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+        wait_for("the operator Deployment available", Duration::from_secs(180), || async {
+            let d = deployments.get(FULLNAME).await.ok()?;
+            let s = d.status?;
+            (s.available_replicas.unwrap_or(0) >= 1 && s.observed_generation >= d.metadata.generation).then_some(())
+        })
+        .await;
+        Operator::Pods
+    }
+
+    /// The pod gone: SIGTERM to the local process, which must exit 0.
+    async fn stop(self) {
+        if let Operator::Local(mut p) = self {
+            assert!(p.terminate(Duration::from_secs(30)).await, "the operator exits 0 on SIGTERM");
+        }
+    }
+
+    /// The Lease holders that count as this operator: the local process's pod, or any pod of
+    /// the Deployment's current ReplicaSet.
+    async fn identities(&self, client: &Client, d: &Deployment) -> BTreeSet<String> {
+        match self {
+            Operator::Local(p) => BTreeSet::from([p.plan.pod.clone()]),
+            Operator::Pods => {
+                let hash = pod_template_hash(client, d).await;
+                Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &d.namespace().unwrap())
+                    .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
+                    .await
+                    .unwrap()
+                    .items
+                    .iter()
+                    .map(|p| p.name_any())
+                    .collect()
+            }
+        }
+    }
 }
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
@@ -314,7 +381,7 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
 
     // ---- the operator, as the chart runs it ------------------------------------------
     let kubeconfig_s = kubeconfig.display().to_string();
-    let mut operator = start_operator(&cluster, system.name(), &root.join("operator-1"), &kubeconfig_s).await;
+    let operator = Operator::up(&cluster, system.name(), &root.join("operator-1"), &kubeconfig_s).await;
     phases.mark("operator started");
 
     // ---- every example, as a user applies it -----------------------------------------
@@ -366,7 +433,7 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     phases.mark("examples applied and Ready");
 
     // ---- the runtime, as the rendered Deployments run it -----------------------------
-    let runtime = flow::start_runtime(&cluster, bots_ns, &root.join("runtime")).await;
+    let runtime = flow::start_runtime(&cluster, bots_ns, &root.join("runtime"), real_pods()).await;
     phases.mark("runtime processes ready");
     flow::drive_examples(&runtime, &outside, &mail, &bootstrap).await;
     phases.mark("events through every example");
@@ -393,13 +460,13 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     assert_ne!(before_hash, after_hash, "a new ReplicaSet");
     assert_eq!(literal_env(&after)["INPUTBOT_CONCURRENCY"].as_deref(), Some("4"));
     // The old pod is gone: its process gets SIGTERM and hands the Lease over.
-    assert!(operator.terminate(Duration::from_secs(30)).await, "the old operator exits 0 on SIGTERM");
-    let mut operator = start_operator(&cluster, system.name(), &root.join("operator-2"), &kubeconfig_s).await;
-    let new_pod = operator.plan.pod.clone();
+    operator.stop().await;
+    let operator = Operator::up(&cluster, system.name(), &root.join("operator-2"), &kubeconfig_s).await;
+    let new_pods = operator.identities(&client, &after).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), system.name());
-    wait_for("the new operator pod to hold the Lease", Duration::from_secs(30), || async {
+    wait_for("a new operator pod to hold the Lease", Duration::from_secs(30), || async {
         let l = leases.get_opt("inputbot-operator").await.ok().flatten()?;
-        (l.spec?.holder_identity? == new_pod).then_some(())
+        new_pods.contains(&l.spec?.holder_identity?).then_some(())
     })
     .await;
     // It works as the ServiceAccount: a deleted child comes back.
@@ -415,7 +482,7 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
 
     // ---- helm uninstall keeps the CRDs and the bots -----------------------------------
     block(|| helm.must(&["uninstall", RELEASE, "--wait", "--timeout", "60s"], HELM_TIMEOUT + Duration::from_secs(10)));
-    assert!(operator.terminate(Duration::from_secs(30)).await, "the operator exits 0 on SIGTERM");
+    operator.stop().await;
     assert!(deployments.get_opt(FULLNAME).await.unwrap().is_none(), "the operator Deployment is gone");
     assert!(Api::<ServiceAccount>::namespaced(client.clone(), system.name()).get_opt(sa).await.unwrap().is_none());
     assert!(Api::<Role>::namespaced(client.clone(), bots_ns).get_opt(FULLNAME).await.unwrap().is_none(), "the watch Role is gone");
