@@ -65,7 +65,12 @@ impl Helm {
     pub fn run(&self, args: &[&str], timeout: Duration) -> HelmOutput {
         let mut cmd = Command::new(&self.binary);
         cmd.args(args)
-            .args(["--kubeconfig", &self.kubeconfig, "--namespace", &self.namespace])
+            .args([
+                "--kubeconfig",
+                &self.kubeconfig,
+                "--namespace",
+                &self.namespace,
+            ])
             .env("HELM_CONFIG_HOME", self.home.join("config"))
             .env("HELM_CACHE_HOME", self.home.join("cache"))
             .env("HELM_DATA_HOME", self.home.join("data"))

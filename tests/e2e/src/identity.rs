@@ -26,7 +26,8 @@ pub fn service_account_user(namespace: &str, name: &str) -> String {
 pub fn write_impersonating_kubeconfig(user: &str, out: &Path) -> anyhow::Result<()> {
     let path = setting("KUBECONFIG").context("KUBECONFIG of the cluster under test")?;
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let mut config: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing {path}"))?;
+    let mut config: Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {path}"))?;
     let current = config["current-context"]
         .as_str()
         .with_context(|| format!("{path} has no current-context"))?
@@ -42,7 +43,10 @@ pub fn write_impersonating_kubeconfig(user: &str, out: &Path) -> anyhow::Result<
         .as_str()
         .with_context(|| format!("{path}: context {current} names no user"))?
         .to_owned();
-    let cluster_name = context["context"]["cluster"].as_str().unwrap_or_default().to_owned();
+    let cluster_name = context["context"]["cluster"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let mut user_entry = config["users"]
         .as_sequence()
         .into_iter()

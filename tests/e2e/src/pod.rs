@@ -142,23 +142,33 @@ pub async fn current_pod(
             .items
             .into_iter()
             .find(|rs| {
-                rs.owner_references().iter().any(|o| o.uid == d.uid().unwrap_or_default())
+                rs.owner_references()
+                    .iter()
+                    .any(|o| o.uid == d.uid().unwrap_or_default())
                     && revision.is_some()
-                    && rs.annotations().get("deployment.kubernetes.io/revision") == revision.as_ref()
+                    && rs.annotations().get("deployment.kubernetes.io/revision")
+                        == revision.as_ref()
             });
         if let Some(rs) = current {
             let uid = rs.uid().unwrap_or_default();
-            let running = pods.list(&ListParams::default()).await?.items.into_iter().find(|p| {
-                p.owner_references().iter().any(|o| o.uid == uid)
-                    && p.metadata.deletion_timestamp.is_none()
-                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-            });
+            let running = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|p| {
+                    p.owner_references().iter().any(|o| o.uid == uid)
+                        && p.metadata.deletion_timestamp.is_none()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
             if let Some(pod) = running {
                 return Ok(pod);
             }
         }
         if start.elapsed() > timeout {
-            bail!("Deployment {ns}/{name}: no Running pod of its current ReplicaSet within {timeout:?}");
+            bail!(
+                "Deployment {ns}/{name}: no Running pod of its current ReplicaSet within {timeout:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -179,13 +189,22 @@ pub async fn plan(
         .and_then(|s| s.template.spec.as_ref())
         .with_context(|| format!("{id}: no pod template"))?;
     let [container] = pod_spec.containers.as_slice() else {
-        bail!("{id}: expected one container, found {}", pod_spec.containers.len());
+        bail!(
+            "{id}: expected one container, found {}",
+            pod_spec.containers.len()
+        );
     };
-    if pod_spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+    if pod_spec
+        .init_containers
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+    {
         bail!("{id}: init containers are not supported here");
     }
     if container.command.is_some() {
-        bail!("{id}: the container overrides the image's entrypoint (command), which this harness does not map to a binary");
+        bail!(
+            "{id}: the container overrides the image's entrypoint (command), which this harness does not map to a binary"
+        );
     }
     let image = container.image.clone().unwrap_or_default();
     std::fs::create_dir_all(root)?;
@@ -209,7 +228,12 @@ pub async fn plan(
         let local = free_port();
         port_map.insert(p.container_port, local);
         let addr: SocketAddr = format!("127.0.0.1:{local}").parse()?;
-        plan.ports.insert(p.name.clone().unwrap_or_else(|| p.container_port.to_string()), addr);
+        plan.ports.insert(
+            p.name
+                .clone()
+                .unwrap_or_else(|| p.container_port.to_string()),
+            addr,
+        );
     }
     plan.readiness = container
         .readiness_probe
@@ -223,12 +247,24 @@ pub async fn plan(
             (h.path.clone().unwrap_or_else(|| "/".into()), port)
         });
 
-    materialise_volumes(client, &ns, &id, container, pod_spec.volumes.as_deref().unwrap_or_default(), &mut plan).await?;
+    materialise_volumes(
+        client,
+        &ns,
+        &id,
+        container,
+        pod_spec.volumes.as_deref().unwrap_or_default(),
+        &mut plan,
+    )
+    .await?;
 
     for (i, arg) in container.args.iter().flatten().enumerate() {
         let value = rewrite_value(arg, root, &port_map);
         if &value != arg {
-            plan.rewrites.push(Rewrite { what: format!("arg[{i}]"), from: arg.clone(), to: value.clone() });
+            plan.rewrites.push(Rewrite {
+                what: format!("arg[{i}]"),
+                from: arg.clone(),
+                to: value.clone(),
+            });
         }
         plan.args.push(value);
     }
@@ -237,7 +273,11 @@ pub async fn plan(
             (Some(v), _) => {
                 let value = rewrite_value(v, root, &port_map);
                 if &value != v {
-                    plan.rewrites.push(Rewrite { what: format!("env {}", var.name), from: v.clone(), to: value.clone() });
+                    plan.rewrites.push(Rewrite {
+                        what: format!("env {}", var.name),
+                        from: v.clone(),
+                        to: value.clone(),
+                    });
                 }
                 value
             }
@@ -281,7 +321,11 @@ async fn resolve_from(
             "metadata.name" => pod.name_any(),
             "metadata.namespace" => pod.namespace().unwrap_or_default(),
             "metadata.uid" => pod.uid().unwrap_or_default(),
-            "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            "spec.nodeName" => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
             "spec.serviceAccountName" => pod
                 .spec
                 .as_ref()
@@ -292,13 +336,25 @@ async fn resolve_from(
         });
     }
     if let Some(s) = &from.secret_key_ref {
-        let secret = Api::<Secret>::namespaced(client.clone(), ns).get(&s.name).await?;
-        let value = secret.data.unwrap_or_default().remove(&s.key).with_context(|| format!("Secret {ns}/{} has no key {}", s.name, s.key))?;
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&s.name)
+            .await?;
+        let value = secret
+            .data
+            .unwrap_or_default()
+            .remove(&s.key)
+            .with_context(|| format!("Secret {ns}/{} has no key {}", s.name, s.key))?;
         return Ok(String::from_utf8(value.0)?);
     }
     if let Some(c) = &from.config_map_key_ref {
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get(&c.name).await?;
-        return cm.data.unwrap_or_default().remove(&c.key).with_context(|| format!("ConfigMap {ns}/{} has no key {}", c.name, c.key));
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&c.name)
+            .await?;
+        return cm
+            .data
+            .unwrap_or_default()
+            .remove(&c.key)
+            .with_context(|| format!("ConfigMap {ns}/{} has no key {}", c.name, c.key));
     }
     bail!("a valueFrom other than fieldRef, secretKeyRef or configMapKeyRef")
 }
@@ -317,26 +373,50 @@ async fn materialise_volumes(
             .find(|v| v.name == mount.name)
             .with_context(|| format!("{id}: volumeMount {} names no volume", mount.name))?;
         if mount.sub_path.is_some() {
-            bail!("{id}: volumeMount {} uses subPath, not supported here", mount.name);
+            bail!(
+                "{id}: volumeMount {} uses subPath, not supported here",
+                mount.name
+            );
         }
         let dir = plan.root.join(mount.mount_path.trim_start_matches('/'));
         std::fs::create_dir_all(&dir)?;
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
         if let Some(cm) = &volume.config_map {
-            let found = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(&cm.name).await?;
+            let found = Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(&cm.name)
+                .await?;
             let data: BTreeMap<String, Vec<u8>> = match found {
-                Some(c) => c.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+                Some(c) => c
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect(),
                 None if cm.optional == Some(true) => BTreeMap::new(),
-                None => bail!("{id}: ConfigMap {ns}/{} of volume {} does not exist", cm.name, volume.name),
+                None => bail!(
+                    "{id}: ConfigMap {ns}/{} of volume {} does not exist",
+                    cm.name,
+                    volume.name
+                ),
             };
             files = select_items(id, &volume.name, data, cm.items.as_deref())?;
         } else if let Some(s) = &volume.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            let found = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&name).await?;
+            let found = Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(&name)
+                .await?;
             let data: BTreeMap<String, Vec<u8>> = match found {
-                Some(secret) => secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect(),
+                Some(secret) => secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
                 None if s.optional == Some(true) => BTreeMap::new(),
-                None => bail!("{id}: Secret {ns}/{name} of volume {} does not exist (the pod would not start)", volume.name),
+                None => bail!(
+                    "{id}: Secret {ns}/{name} of volume {} does not exist (the pod would not start)",
+                    volume.name
+                ),
             };
             files = select_items(id, &volume.name, data, s.items.as_deref())?;
         } else if volume.empty_dir.is_some() {
@@ -349,7 +429,10 @@ async fn materialise_volumes(
                 });
             }
         } else {
-            bail!("{id}: volume {} is neither a ConfigMap, a Secret nor an emptyDir", volume.name);
+            bail!(
+                "{id}: volume {} is neither a ConfigMap, a Secret nor an emptyDir",
+                volume.name
+            );
         }
         for (path, bytes) in files {
             let file = dir.join(&path);
@@ -411,10 +494,18 @@ impl LocalProcess {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {} for {}: {e}", plan.program.display(), plan.deployment));
-        LocalProcess { plan, log, child: Some(child) }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "starting {} for {}: {e}",
+                plan.program.display(),
+                plan.deployment
+            )
+        });
+        LocalProcess {
+            plan,
+            log,
+            child: Some(child),
+        }
     }
 
     /// `http://<the container port's loopback address><path>`.
@@ -447,7 +538,11 @@ impl LocalProcess {
             {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "{} ({}) exited ({status}) before {url} was ready:\n{}",
                     self.plan.deployment,
@@ -472,7 +567,9 @@ impl LocalProcess {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < grace {
             if let Ok(Some(status)) = child.try_wait() {

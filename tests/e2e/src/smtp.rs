@@ -79,7 +79,11 @@ async fn session(stream: tokio::net::TcpStream, record: Arc<Mutex<Vec<Mail>>>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut mail = Mail::default();
-    if write.write_all(b"220 inputbot-e2e ESMTP\r\n").await.is_err() {
+    if write
+        .write_all(b"220 inputbot-e2e ESMTP\r\n")
+        .await
+        .is_err()
+    {
         return;
     }
     for _ in 0..1000 {
@@ -90,8 +94,7 @@ async fn session(stream: tokio::net::TcpStream, record: Arc<Mutex<Vec<Mail>>>) {
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             "250-inputbot-e2e\r\n250 AUTH PLAIN\r\n"
-        } else if let Some(encoded) = upper.starts_with("AUTH PLAIN ").then(|| line[11..].trim())
-        {
+        } else if let Some(encoded) = upper.starts_with("AUTH PLAIN ").then(|| line[11..].trim()) {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .unwrap_or_default();
@@ -124,8 +127,7 @@ async fn session(stream: tokio::net::TcpStream, record: Arc<Mutex<Vec<Mail>>>) {
                 if data == ".\r\n" {
                     break;
                 }
-                mail.data
-                    .push_str(data.strip_prefix('.').unwrap_or(&data));
+                mail.data.push_str(data.strip_prefix('.').unwrap_or(&data));
             }
             let auth = mail.auth.clone();
             record.lock().expect("lock").push(std::mem::take(&mut mail));

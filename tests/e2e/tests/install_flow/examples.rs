@@ -55,7 +55,10 @@ pub fn secret_values(outside: &Receiver) -> BTreeMap<(&'static str, &'static str
 /// example's value, the local stand-in's): the CRM and the status page become receiver URLs,
 /// the SMTP relay the local mail sink (plain SMTP: there is no TLS certificate for a test
 /// address that the action would trust).
-fn external_fields(outside: &Receiver, mail: &MailSink) -> Vec<(&'static str, &'static str, &'static str, Value, Value)> {
+fn external_fields(
+    outside: &Receiver,
+    mail: &MailSink,
+) -> Vec<(&'static str, &'static str, &'static str, Value, Value)> {
     vec![
         (
             "ActionBinding",
@@ -71,9 +74,27 @@ fn external_fields(outside: &Receiver, mail: &MailSink) -> Vec<(&'static str, &'
             json!("https://status.example.com/api/v2/incidents/unresolved.json"),
             json!(outside.url("/api/v2/incidents/unresolved.json")),
         ),
-        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/host", json!("smtp.example.com"), json!(mail.host)),
-        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/port", json!(587), json!(mail.addr.port())),
-        ("ActionBinding", "incident-mail", "/spec/action/email/smtp/tls", json!("starttls"), json!("none")),
+        (
+            "ActionBinding",
+            "incident-mail",
+            "/spec/action/email/smtp/host",
+            json!("smtp.example.com"),
+            json!(mail.host),
+        ),
+        (
+            "ActionBinding",
+            "incident-mail",
+            "/spec/action/email/smtp/port",
+            json!(587),
+            json!(mail.addr.port()),
+        ),
+        (
+            "ActionBinding",
+            "incident-mail",
+            "/spec/action/email/smtp/tls",
+            json!("starttls"),
+            json!("none"),
+        ),
     ]
 }
 
@@ -111,7 +132,10 @@ fn prepare(
     changes: &mut Vec<String>,
 ) {
     let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-    let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if kind == "Secret" {
         let data = doc["stringData"]
             .as_object_mut()
@@ -122,7 +146,10 @@ fn prepare(
                 .find(|((s, k), _)| *s == name && k == key)
                 .map(|(_, v)| v.clone())
                 .unwrap_or_else(|| {
-                    panic!("{}: Secret {name} key {key} has no test value", file.display())
+                    panic!(
+                        "{}: Secret {name} key {key} has no test value",
+                        file.display()
+                    )
                 });
             *value = Value::String(test_value);
             changes.push(format!("Secret {name} key {key}: the test's value"));

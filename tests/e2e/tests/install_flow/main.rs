@@ -24,7 +24,7 @@
 mod examples;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use inputbot_e2e::helm::{Helm, chart_dir};
@@ -32,7 +32,9 @@ use inputbot_e2e::identity::{self, may, service_account_user};
 use inputbot_e2e::pod::{LocalProcess, current_pod, plan};
 use inputbot_e2e::receiver::Receiver;
 use inputbot_e2e::smtp::MailSink;
-use inputbot_e2e::{Cluster, TestNamespace, apply, kafka_bootstrap, setting, unique_suffix, wait_for};
+use inputbot_e2e::{
+    Cluster, TestNamespace, apply, kafka_bootstrap, setting, unique_suffix, wait_for,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -64,12 +66,20 @@ struct Phases {
 impl Phases {
     fn new() -> Phases {
         let now = Instant::now();
-        Phases { start: now, last: now, done: Vec::new() }
+        Phases {
+            start: now,
+            last: now,
+            done: Vec::new(),
+        }
     }
     fn mark(&mut self, name: &str) {
         let now = Instant::now();
         self.done.push((name.to_owned(), now - self.last));
-        eprintln!("[install_flow] {name}: {:.1?} (total {:.1?})", now - self.last, now - self.start);
+        eprintln!(
+            "[install_flow] {name}: {:.1?} (total {:.1?})",
+            now - self.last,
+            now - self.start
+        );
         self.last = now;
     }
 }
@@ -84,18 +94,31 @@ fn real_pods() -> bool {
 /// real pods the images to run.
 fn values(bootstrap: &str, watched: &str, extra: &str) -> String {
     let mut v = String::new();
-    let pod_bootstrap = setting("INPUTBOT_E2E_POD_KAFKA_BOOTSTRAP").filter(|_| real_pods()).unwrap_or_else(|| bootstrap.to_owned());
-    v.push_str(&format!("kafka:\n  bootstrapServers: \"{pod_bootstrap}\"\n"));
+    let pod_bootstrap = setting("INPUTBOT_E2E_POD_KAFKA_BOOTSTRAP")
+        .filter(|_| real_pods())
+        .unwrap_or_else(|| bootstrap.to_owned());
+    v.push_str(&format!(
+        "kafka:\n  bootstrapServers: \"{pod_bootstrap}\"\n"
+    ));
     v.push_str("topics:\n  defaults: {partitions: 2, replicationFactor: 1}\n");
     v.push_str(&format!("watchNamespaces: [\"{watched}\"]\n"));
     if real_pods() {
         let image = |var: &str| {
-            let image = setting(var).unwrap_or_else(|| panic!("INPUTBOT_E2E_REAL_PODS=1 needs {var} (repository:tag)"));
-            let (repo, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("{var}={image}: expected repository:tag"));
+            let image = setting(var)
+                .unwrap_or_else(|| panic!("INPUTBOT_E2E_REAL_PODS=1 needs {var} (repository:tag)"));
+            let (repo, tag) = image
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("{var}={image}: expected repository:tag"));
             format!("{{repository: \"{repo}\", tag: \"{tag}\"}}")
         };
-        v.push_str(&format!("image: {}\n", image("INPUTBOT_E2E_OPERATOR_IMAGE")));
-        v.push_str(&format!("runtime: {{image: {}}}\n", image("INPUTBOT_E2E_RUNTIME_IMAGE")));
+        v.push_str(&format!(
+            "image: {}\n",
+            image("INPUTBOT_E2E_OPERATOR_IMAGE")
+        ));
+        v.push_str(&format!(
+            "runtime: {{image: {}}}\n",
+            image("INPUTBOT_E2E_RUNTIME_IMAGE")
+        ));
     }
     v.push_str(extra);
     v
@@ -108,16 +131,24 @@ enum Operator {
 }
 
 impl Operator {
-    async fn up(cluster: &Cluster, ns: &str, root: &PathBuf, kubeconfig: &str) -> Operator {
+    async fn up(cluster: &Cluster, ns: &str, root: &Path, kubeconfig: &str) -> Operator {
         if !real_pods() {
-            return Operator::Local(Box::new(start_operator(cluster, ns, root, kubeconfig).await));
+            return Operator::Local(Box::new(
+                start_operator(cluster, ns, root, kubeconfig).await,
+            ));
         }
         let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-        wait_for("the operator Deployment available", Duration::from_secs(180), || async {
-            let d = deployments.get(FULLNAME).await.ok()?;
-            let s = d.status?;
-            (s.available_replicas.unwrap_or(0) >= 1 && s.observed_generation >= d.metadata.generation).then_some(())
-        })
+        wait_for(
+            "the operator Deployment available",
+            Duration::from_secs(180),
+            || async {
+                let d = deployments.get(FULLNAME).await.ok()?;
+                let s = d.status?;
+                (s.available_replicas.unwrap_or(0) >= 1
+                    && s.observed_generation >= d.metadata.generation)
+                    .then_some(())
+            },
+        )
         .await;
         Operator::Pods
     }
@@ -125,7 +156,10 @@ impl Operator {
     /// The pod gone: SIGTERM to the local process, which must exit 0.
     async fn stop(self) {
         if let Operator::Local(mut p) = self {
-            assert!(p.terminate(Duration::from_secs(30)).await, "the operator exits 0 on SIGTERM");
+            assert!(
+                p.terminate(Duration::from_secs(30)).await,
+                "the operator exits 0 on SIGTERM"
+            );
         }
     }
 
@@ -136,14 +170,17 @@ impl Operator {
             Operator::Local(p) => BTreeSet::from([p.plan.pod.clone()]),
             Operator::Pods => {
                 let hash = pod_template_hash(client, d).await;
-                Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &d.namespace().unwrap())
-                    .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
-                    .await
-                    .unwrap()
-                    .items
-                    .iter()
-                    .map(|p| p.name_any())
-                    .collect()
+                Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+                    client.clone(),
+                    &d.namespace().unwrap(),
+                )
+                .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|p| p.name_any())
+                .collect()
             }
         }
     }
@@ -176,26 +213,43 @@ async fn adopt_existing_crds(client: &Client, namespace: &str) {
 async fn wait_crds_served(client: &Client) {
     for name in CRDS {
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        wait_for(&format!("CRD {name} Established"), Duration::from_secs(30), || async {
-            let crd = crds.get_opt(name).await.ok().flatten()?;
-            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
+        wait_for(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = crds.get_opt(name).await.ok().flatten()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
         .await;
     }
     let gvk = kube::core::GroupVersionKind::gvk("inputbot.dev", "v1alpha1", "ActionBinding");
-    wait_for("the inputbot.dev kinds to be served", Duration::from_secs(30), || async {
-        kube::discovery::pinned_kind(client, &gvk).await.ok().map(|_| ())
-    })
+    wait_for(
+        "the inputbot.dev kinds to be served",
+        Duration::from_secs(30),
+        || async {
+            kube::discovery::pinned_kind(client, &gvk)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
     .await;
 }
 
 /// The Table `kubectl get <plural>` prints: each row's cells by column name.
 async fn table(client: &Client, ns: &str, plural: &str) -> Vec<BTreeMap<String, String>> {
-    let req = http::Request::get(format!("/apis/inputbot.dev/v1alpha1/namespaces/{ns}/{plural}"))
-        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
-        .body(Vec::new())
-        .expect("a request");
+    let req = http::Request::get(format!(
+        "/apis/inputbot.dev/v1alpha1/namespaces/{ns}/{plural}"
+    ))
+    .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    .body(Vec::new())
+    .expect("a request");
     let text = client.request_text(req).await.expect("a Table");
     let t: Value = serde_json::from_str(&text).expect("Table JSON");
     let columns: Vec<String> = t["columnDefinitions"]
@@ -213,23 +267,42 @@ async fn table(client: &Client, ns: &str, plural: &str) -> Vec<BTreeMap<String, 
             columns
                 .iter()
                 .zip(cells)
-                .map(|(c, v)| (c.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                .map(|(c, v)| {
+                    (
+                        c.clone(),
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
                 .collect()
         })
         .collect()
 }
 
 /// Waits until every `names` row of `kubectl get <plural>` says Ready True, reason Ready.
-async fn wait_table_ready(client: &Client, ns: &str, plural: &str, names: &BTreeSet<String>) -> Vec<BTreeMap<String, String>> {
-    wait_for(&format!("{plural} {names:?} Ready in kubectl get"), READY_TIMEOUT, || async {
-        let rows = table(client, ns, plural).await;
-        let ready: BTreeSet<String> = rows
-            .iter()
-            .filter(|r| r.get("Ready").map(String::as_str) == Some("True") && r.get("Reason").map(String::as_str) == Some("Ready"))
-            .filter_map(|r| r.get("Name").cloned())
-            .collect();
-        (&ready == names).then_some(rows)
-    })
+async fn wait_table_ready(
+    client: &Client,
+    ns: &str,
+    plural: &str,
+    names: &BTreeSet<String>,
+) -> Vec<BTreeMap<String, String>> {
+    wait_for(
+        &format!("{plural} {names:?} Ready in kubectl get"),
+        READY_TIMEOUT,
+        || async {
+            let rows = table(client, ns, plural).await;
+            let ready: BTreeSet<String> = rows
+                .iter()
+                .filter(|r| {
+                    r.get("Ready").map(String::as_str) == Some("True")
+                        && r.get("Reason").map(String::as_str) == Some("Ready")
+                })
+                .filter_map(|r| r.get("Name").cloned())
+                .collect();
+            (&ready == names).then_some(rows)
+        },
+    )
     .await
 }
 
@@ -239,8 +312,12 @@ fn kubectl() -> Option<String> {
     if let Some(k) = setting("INPUTBOT_KUBECTL") {
         return Some(k);
     }
-    let found = std::process::Command::new("kubectl").args(["version", "--client"]).output();
-    found.is_ok_and(|o| o.status.success()).then(|| "kubectl".to_owned())
+    let found = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    found
+        .is_ok_and(|o| o.status.success())
+        .then(|| "kubectl".to_owned())
 }
 
 /// `kubectl get <what> -n <ns>` with the real kubectl, when there is one.
@@ -250,13 +327,20 @@ fn kubectl_get(what: &str, ns: &str) -> Option<String> {
         .args(["--kubeconfig", &kubeconfig, "get", what, "-n", ns])
         .output()
         .ok()?;
-    assert!(out.status.success(), "kubectl get {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl get {what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The Deployment's env, literal values only, by name.
 fn literal_env(d: &Deployment) -> BTreeMap<String, Option<String>> {
-    d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|p| &p.containers[0])
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| &p.containers[0])
         .and_then(|c| c.env.clone())
         .unwrap_or_default()
         .into_iter()
@@ -265,20 +349,39 @@ fn literal_env(d: &Deployment) -> BTreeMap<String, Option<String>> {
 }
 
 /// The local process of the operator's Deployment as it stands now, as `sa`.
-async fn start_operator(cluster: &Cluster, ns: &str, root: &PathBuf, kubeconfig: &str) -> LocalProcess {
+async fn start_operator(
+    cluster: &Cluster,
+    ns: &str,
+    root: &Path,
+    kubeconfig: &str,
+) -> LocalProcess {
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let d = deployments.get(FULLNAME).await.expect("the chart's operator Deployment");
-    let pod = current_pod(&cluster.client, &d, Duration::from_secs(60)).await.expect("an operator pod");
-    let plan = plan(&cluster.client, &d, &pod, root).await.expect("the operator's plan");
+    let d = deployments
+        .get(FULLNAME)
+        .await
+        .expect("the chart's operator Deployment");
+    let pod = current_pod(&cluster.client, &d, Duration::from_secs(60))
+        .await
+        .expect("an operator pod");
+    let plan = plan(&cluster.client, &d, &pod, root)
+        .await
+        .expect("the operator's plan");
     // Exactly the stated rewrites; every other arg and env var verbatim.
-    assert_eq!(plan.rewritten(), ["/tmp", "0.0.0.0:8080"], "{:#?}", plan.rewrites);
+    assert_eq!(
+        plan.rewritten(),
+        ["/tmp", "0.0.0.0:8080"],
+        "{:#?}",
+        plan.rewrites
+    );
     assert_eq!(plan.args, ["run"]);
     let container_env: BTreeSet<String> = literal_env(&d).into_keys().collect();
     let mut planned: BTreeSet<String> = plan.env.keys().cloned().collect();
     assert!(planned.remove("TMPDIR"));
     assert_eq!(planned, container_env);
     for (name, value) in literal_env(&d) {
-        if let Some(v) = value && name != "INPUTBOT_METRICS_LISTEN" {
+        if let Some(v) = value
+            && name != "INPUTBOT_METRICS_LISTEN"
+        {
             assert_eq!(plan.env[&name], v, "env {name} is verbatim");
         }
     }
@@ -290,7 +393,8 @@ async fn start_operator(cluster: &Cluster, ns: &str, root: &PathBuf, kubeconfig:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_uninstall_keeps_the_bots() {
+async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_uninstall_keeps_the_bots()
+ {
     let mut phases = Phases::new();
     let cluster = Cluster::connect().await;
     let client = cluster.client.clone();
@@ -308,26 +412,48 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     let chart = chart_dir().display().to_string();
     let values_file = root.join("values.yaml");
     std::fs::write(&values_file, values(&bootstrap, bots.name(), "")).unwrap();
-    let notes = block(|| helm.must(&["install", RELEASE, &chart, "--values", values_file.to_str().unwrap()], HELM_TIMEOUT));
+    let notes = block(|| {
+        helm.must(
+            &[
+                "install",
+                RELEASE,
+                &chart,
+                "--values",
+                values_file.to_str().unwrap(),
+            ],
+            HELM_TIMEOUT,
+        )
+    });
     assert!(notes.contains("kubectl get inputbot"), "NOTES.txt: {notes}");
     wait_crds_served(&client).await;
     phases.mark("helm install");
 
     // ---- the ServiceAccount is not cluster-admin -------------------------------------
     let sa = FULLNAME;
-    Api::<ServiceAccount>::namespaced(client.clone(), system.name()).get(sa).await.expect("the chart's ServiceAccount");
+    Api::<ServiceAccount>::namespaced(client.clone(), system.name())
+        .get(sa)
+        .await
+        .expect("the chart's ServiceAccount");
     let bots_ns = bots.name();
     let mut wrong = Vec::new();
     for q in [
         ("list", "core/secrets", ""),
         ("get", "core/secrets", bots_ns),
         ("list", "core/secrets", system.name()),
-        ("create", "rbac.authorization.k8s.io/clusterrolebindings", ""),
+        (
+            "create",
+            "rbac.authorization.k8s.io/clusterrolebindings",
+            "",
+        ),
         ("create", "rbac.authorization.k8s.io/rolebindings", bots_ns),
         ("delete", "core/namespaces", ""),
         ("create", "core/pods", bots_ns),
         ("*", "*/*", ""),
-        ("update", "apiextensions.k8s.io/customresourcedefinitions", ""),
+        (
+            "update",
+            "apiextensions.k8s.io/customresourcedefinitions",
+            "",
+        ),
         ("impersonate", "core/serviceaccounts", ""),
         // Namespaced mode: nothing beyond the watched namespace.
         ("list", "inputbot.dev/inputbots", ""),
@@ -337,78 +463,179 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
             wrong.push(q);
         }
     }
-    assert!(wrong.is_empty(), "the chart's ServiceAccount may do what it must not: {wrong:?}");
-    for q in [("patch", "apps/deployments", bots_ns), ("patch", "inputbot.dev/inputbots/status", bots_ns)] {
-        assert!(may(&client, system.name(), sa, q).await, "the ServiceAccount may not {q:?}");
+    assert!(
+        wrong.is_empty(),
+        "the chart's ServiceAccount may do what it must not: {wrong:?}"
+    );
+    for q in [
+        ("patch", "apps/deployments", bots_ns),
+        ("patch", "inputbot.dev/inputbots/status", bots_ns),
+    ] {
+        assert!(
+            may(&client, system.name(), sa, q).await,
+            "the ServiceAccount may not {q:?}"
+        );
     }
     // The same with real requests, through the kubeconfig the operator will use.
     let kubeconfig = root.join("operator.kubeconfig");
-    identity::write_impersonating_kubeconfig(&service_account_user(system.name(), sa), &kubeconfig).expect("a kubeconfig");
+    identity::write_impersonating_kubeconfig(&service_account_user(system.name(), sa), &kubeconfig)
+        .expect("a kubeconfig");
     let as_sa = {
         let k = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(k, &Default::default()).await.unwrap();
+        let config = kube::Config::from_custom_kubeconfig(k, &Default::default())
+            .await
+            .unwrap();
         Client::try_from(config).unwrap()
     };
     // Who the API server says that is: the ServiceAccount, with the groups its token carries.
-    let review: SelfSubjectReview = serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})).unwrap();
-    let me = Api::<SelfSubjectReview>::all(as_sa.clone()).create(&PostParams::default(), &review).await.expect("a SelfSubjectReview");
+    let review: SelfSubjectReview = serde_json::from_value(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+    )
+    .unwrap();
+    let me = Api::<SelfSubjectReview>::all(as_sa.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("a SelfSubjectReview");
     let info = me.status.and_then(|s| s.user_info).expect("user info");
-    assert_eq!(info.username.as_deref(), Some(service_account_user(system.name(), sa).as_str()));
+    assert_eq!(
+        info.username.as_deref(),
+        Some(service_account_user(system.name(), sa).as_str())
+    );
     let groups = info.groups.unwrap_or_default();
-    assert!(groups.contains(&format!("system:serviceaccounts:{}", system.name())), "{groups:?}");
+    assert!(
+        groups.contains(&format!("system:serviceaccounts:{}", system.name())),
+        "{groups:?}"
+    );
     assert!(!groups.iter().any(|g| g == "system:masters"), "{groups:?}");
     let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
         Err(kube::Error::Api(e)) if e.code == 403 => {}
         other => panic!("{what} as the operator's ServiceAccount must be forbidden, got {other:?}"),
     };
-    forbidden(Api::<Secret>::namespaced(as_sa.clone(), bots_ns).list(&ListParams::default()).await.map(|_| ()), "listing Secrets");
+    forbidden(
+        Api::<Secret>::namespaced(as_sa.clone(), bots_ns)
+            .list(&ListParams::default())
+            .await
+            .map(|_| ()),
+        "listing Secrets",
+    );
     let crb: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": format!("flow-escalate-{}", unique_suffix())},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": system.name()}]
     })).unwrap();
-    forbidden(Api::<ClusterRoleBinding>::all(as_sa.clone()).create(&PostParams { dry_run: true, ..Default::default() }, &crb).await.map(|_| ()), "creating a ClusterRoleBinding");
-    forbidden(Api::<k8s_openapi::api::core::v1::Namespace>::all(as_sa.clone()).delete(bots_ns, &DeleteParams::default().dry_run()).await.map(|_| ()), "deleting a namespace");
+    forbidden(
+        Api::<ClusterRoleBinding>::all(as_sa.clone())
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &crb,
+            )
+            .await
+            .map(|_| ()),
+        "creating a ClusterRoleBinding",
+    );
+    forbidden(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(as_sa.clone())
+            .delete(bots_ns, &DeleteParams::default().dry_run())
+            .await
+            .map(|_| ()),
+        "deleting a namespace",
+    );
     if let Some(kubeconfig_admin) = setting("KUBECONFIG")
         && let Some(kubectl) = kubectl()
         && let Ok(out) = std::process::Command::new(kubectl)
-            .args(["--kubeconfig", &kubeconfig_admin, "auth", "can-i", "list", "secrets", "--all-namespaces", "--as", &service_account_user(system.name(), sa)])
+            .args([
+                "--kubeconfig",
+                &kubeconfig_admin,
+                "auth",
+                "can-i",
+                "list",
+                "secrets",
+                "--all-namespaces",
+                "--as",
+                &service_account_user(system.name(), sa),
+            ])
             .output()
     {
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "kubectl auth can-i list secrets -A");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "kubectl auth can-i list secrets -A"
+        );
     }
     phases.mark("RBAC: not cluster-admin");
 
     // ---- the operator, as the chart runs it ------------------------------------------
     let kubeconfig_s = kubeconfig.display().to_string();
-    let operator = Operator::up(&cluster, system.name(), &root.join("operator-1"), &kubeconfig_s).await;
+    let operator = Operator::up(
+        &cluster,
+        system.name(),
+        &root.join("operator-1"),
+        &kubeconfig_s,
+    )
+    .await;
     phases.mark("operator started");
 
     // ---- every example, as a user applies it -----------------------------------------
     let (docs, changes) = examples::prepared(&outside, &mail);
-    eprintln!("[install_flow] changes to the shipped examples:\n  {}", changes.join("\n  "));
+    eprintln!(
+        "[install_flow] changes to the shipped examples:\n  {}",
+        changes.join("\n  ")
+    );
     let mut names: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for doc in &docs {
-        apply(&client, Some(bots_ns), doc).await.unwrap_or_else(|e| panic!("applying {} {}: {}", doc["kind"], doc["metadata"]["name"], inputbot_e2e::api_error_message(&e)));
+        apply(&client, Some(bots_ns), doc)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "applying {} {}: {}",
+                    doc["kind"],
+                    doc["metadata"]["name"],
+                    inputbot_e2e::api_error_message(&e)
+                )
+            });
         let plural = match doc["kind"].as_str() {
             Some("InputBot") => "inputbots",
             Some("Pipeline") => "pipelines",
             Some("ActionBinding") => "actionbindings",
             _ => continue,
         };
-        names.entry(plural).or_default().insert(doc["metadata"]["name"].as_str().unwrap().to_owned());
+        names
+            .entry(plural)
+            .or_default()
+            .insert(doc["metadata"]["name"].as_str().unwrap().to_owned());
     }
     assert_eq!(names.values().map(BTreeSet::len).sum::<usize>(), 13);
     let bot_rows = wait_table_ready(&client, bots_ns, "inputbots", &names["inputbots"]).await;
     for plural in ["pipelines", "actionbindings"] {
         wait_table_ready(&client, bots_ns, plural, &names[plural]).await;
     }
-    let endpoint = |bot: &str| bot_rows.iter().find(|r| r["Name"] == bot).map(|r| r["Endpoint"].clone()).unwrap();
-    for (bot, path) in [("quickstart", "/github"), ("github", "/github"), ("support-intake", "/tickets")] {
-        assert_eq!(endpoint(bot), format!("http://{bot}-ingest.{bots_ns}.svc:8080{path}"), "Endpoint of {bot}");
+    let endpoint = |bot: &str| {
+        bot_rows
+            .iter()
+            .find(|r| r["Name"] == bot)
+            .map(|r| r["Endpoint"].clone())
+            .unwrap()
+    };
+    for (bot, path) in [
+        ("quickstart", "/github"),
+        ("github", "/github"),
+        ("support-intake", "/tickets"),
+    ] {
+        assert_eq!(
+            endpoint(bot),
+            format!("http://{bot}-ingest.{bots_ns}.svc:8080{path}"),
+            "Endpoint of {bot}"
+        );
     }
     // A polled bot has no webhook, so no endpoint.
-    assert!(!endpoint("vendor-status").starts_with("http"), "{}", endpoint("vendor-status"));
+    assert!(
+        !endpoint("vendor-status").starts_with("http"),
+        "{}",
+        endpoint("vendor-status")
+    );
     // `inputbot` is also the kinds' category, which kubectl expands first: `kubectl get
     // inputbot` lists all three kinds, each row Ready; the InputBots with their endpoint.
     if let Some(out) = kubectl_get("inputbot", bots_ns) {
@@ -420,14 +647,24 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
         assert_eq!(rows.len(), 13, "kubectl get inputbot:\n{out}");
         for line in &rows {
             let cells: Vec<&str> = line.split_whitespace().collect();
-            assert!(cells.contains(&"True") && cells.contains(&"Ready"), "not Ready: {line}");
+            assert!(
+                cells.contains(&"True") && cells.contains(&"Ready"),
+                "not Ready: {line}"
+            );
         }
-        for (bot, path) in [("quickstart", "/github"), ("github", "/github"), ("support-intake", "/tickets")] {
+        for (bot, path) in [
+            ("quickstart", "/github"),
+            ("github", "/github"),
+            ("support-intake", "/tickets"),
+        ] {
             let line = rows
                 .iter()
                 .find(|l| l.starts_with(&format!("inputbot.inputbot.dev/{bot} ")))
                 .unwrap_or_else(|| panic!("kubectl get inputbot lacks {bot}:\n{out}"));
-            assert!(line.contains(&format!("http://{bot}-ingest.{bots_ns}.svc:8080{path}")), "{line}");
+            assert!(
+                line.contains(&format!("http://{bot}-ingest.{bots_ns}.svc:8080{path}")),
+                "{line}"
+            );
         }
     }
     phases.mark("examples applied and Ready");
@@ -442,78 +679,167 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), system.name());
     let before = deployments.get(FULLNAME).await.unwrap();
     let before_hash = pod_template_hash(&client, &before).await;
-    std::fs::write(&values_file, values(&bootstrap, bots_ns, "concurrency: 4\n")).unwrap();
-    block(|| helm.must(&["upgrade", RELEASE, &chart, "--values", values_file.to_str().unwrap()], HELM_TIMEOUT));
-    let after = wait_for("the operator Deployment rolled out", Duration::from_secs(60), || async {
-        let d = deployments.get(FULLNAME).await.ok()?;
-        let s = d.status.clone()?;
-        let want = d.spec.as_ref()?.replicas.unwrap_or(1);
-        (s.observed_generation >= d.metadata.generation
-            && d.metadata.generation > before.metadata.generation
-            && s.updated_replicas == Some(want)
-            && s.available_replicas == Some(want)
-            && s.replicas == Some(want))
-        .then_some(d)
-    })
+    std::fs::write(
+        &values_file,
+        values(&bootstrap, bots_ns, "concurrency: 4\n"),
+    )
+    .unwrap();
+    block(|| {
+        helm.must(
+            &[
+                "upgrade",
+                RELEASE,
+                &chart,
+                "--values",
+                values_file.to_str().unwrap(),
+            ],
+            HELM_TIMEOUT,
+        )
+    });
+    let after = wait_for(
+        "the operator Deployment rolled out",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get(FULLNAME).await.ok()?;
+            let s = d.status.clone()?;
+            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+            (s.observed_generation >= d.metadata.generation
+                && d.metadata.generation > before.metadata.generation
+                && s.updated_replicas == Some(want)
+                && s.available_replicas == Some(want)
+                && s.replicas == Some(want))
+            .then_some(d)
+        },
+    )
     .await;
     let after_hash = pod_template_hash(&client, &after).await;
     assert_ne!(before_hash, after_hash, "a new ReplicaSet");
-    assert_eq!(literal_env(&after)["INPUTBOT_CONCURRENCY"].as_deref(), Some("4"));
+    assert_eq!(
+        literal_env(&after)["INPUTBOT_CONCURRENCY"].as_deref(),
+        Some("4")
+    );
     // The old pod is gone: its process gets SIGTERM and hands the Lease over.
     operator.stop().await;
-    let operator = Operator::up(&cluster, system.name(), &root.join("operator-2"), &kubeconfig_s).await;
+    let operator = Operator::up(
+        &cluster,
+        system.name(),
+        &root.join("operator-2"),
+        &kubeconfig_s,
+    )
+    .await;
     let new_pods = operator.identities(&client, &after).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), system.name());
-    wait_for("a new operator pod to hold the Lease", Duration::from_secs(30), || async {
-        let l = leases.get_opt("inputbot-operator").await.ok().flatten()?;
-        new_pods.contains(&l.spec?.holder_identity?).then_some(())
-    })
+    wait_for(
+        "a new operator pod to hold the Lease",
+        Duration::from_secs(30),
+        || async {
+            let l = leases.get_opt("inputbot-operator").await.ok().flatten()?;
+            new_pods.contains(&l.spec?.holder_identity?).then_some(())
+        },
+    )
     .await;
     // It works as the ServiceAccount: a deleted child comes back.
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), bots_ns);
     let old_uid = configmaps.get("quickstart-log-act").await.unwrap().uid();
-    configmaps.delete("quickstart-log-act", &DeleteParams::default()).await.unwrap();
-    wait_for("the new operator to restore a deleted ConfigMap", Duration::from_secs(30), || async {
-        let cm = configmaps.get_opt("quickstart-log-act").await.ok().flatten()?;
-        (cm.uid() != old_uid).then_some(())
-    })
+    configmaps
+        .delete("quickstart-log-act", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the new operator to restore a deleted ConfigMap",
+        Duration::from_secs(30),
+        || async {
+            let cm = configmaps
+                .get_opt("quickstart-log-act")
+                .await
+                .ok()
+                .flatten()?;
+            (cm.uid() != old_uid).then_some(())
+        },
+    )
     .await;
     phases.mark("helm upgrade rolled the operator");
 
     // ---- helm uninstall keeps the CRDs and the bots -----------------------------------
-    block(|| helm.must(&["uninstall", RELEASE, "--wait", "--timeout", "60s"], HELM_TIMEOUT + Duration::from_secs(10)));
+    block(|| {
+        helm.must(
+            &["uninstall", RELEASE, "--wait", "--timeout", "60s"],
+            HELM_TIMEOUT + Duration::from_secs(10),
+        )
+    });
     operator.stop().await;
-    assert!(deployments.get_opt(FULLNAME).await.unwrap().is_none(), "the operator Deployment is gone");
-    assert!(Api::<ServiceAccount>::namespaced(client.clone(), system.name()).get_opt(sa).await.unwrap().is_none());
-    assert!(Api::<Role>::namespaced(client.clone(), bots_ns).get_opt(FULLNAME).await.unwrap().is_none(), "the watch Role is gone");
+    assert!(
+        deployments.get_opt(FULLNAME).await.unwrap().is_none(),
+        "the operator Deployment is gone"
+    );
+    assert!(
+        Api::<ServiceAccount>::namespaced(client.clone(), system.name())
+            .get_opt(sa)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<Role>::namespaced(client.clone(), bots_ns)
+            .get_opt(FULLNAME)
+            .await
+            .unwrap()
+            .is_none(),
+        "the watch Role is gone"
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in CRDS {
-        assert!(crds.get_opt(name).await.unwrap().is_some(), "helm uninstall kept CRD {name}");
+        assert!(
+            crds.get_opt(name).await.unwrap().is_some(),
+            "helm uninstall kept CRD {name}"
+        );
     }
     for (plural, want) in &names {
-        let rows: BTreeSet<String> = table(&client, bots_ns, plural).await.into_iter().map(|r| r["Name"].clone()).collect();
+        let rows: BTreeSet<String> = table(&client, bots_ns, plural)
+            .await
+            .into_iter()
+            .map(|r| r["Name"].clone())
+            .collect();
         assert_eq!(&rows, want, "{plural} survive helm uninstall");
     }
-    let runtime_deployments = Api::<Deployment>::namespaced(client.clone(), bots_ns).list(&ListParams::default()).await.unwrap();
-    assert_eq!(runtime_deployments.items.len(), runtime.len(), "the bots' Deployments survive helm uninstall");
+    let runtime_deployments = Api::<Deployment>::namespaced(client.clone(), bots_ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        runtime_deployments.items.len(),
+        runtime.len(),
+        "the bots' Deployments survive helm uninstall"
+    );
     phases.mark("helm uninstall kept CRDs and bots");
     drop(runtime);
     let total = phases.start.elapsed();
-    eprintln!("[install_flow] phases: {:?}\n[install_flow] total {total:.1?}", phases.done);
+    eprintln!(
+        "[install_flow] phases: {:?}\n[install_flow] total {total:.1?}",
+        phases.done
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
 /// The `pod-template-hash` of the Deployment's current ReplicaSet.
 async fn pod_template_hash(client: &Client, d: &Deployment) -> String {
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &d.namespace().unwrap());
-    let revision = d.annotations().get("deployment.kubernetes.io/revision").cloned();
+    let revision = d
+        .annotations()
+        .get("deployment.kubernetes.io/revision")
+        .cloned();
     let rs = sets
         .list(&ListParams::default())
         .await
         .unwrap()
         .items
         .into_iter()
-        .find(|rs| rs.owner_references().iter().any(|o| Some(&o.uid) == d.metadata.uid.as_ref()) && rs.annotations().get("deployment.kubernetes.io/revision") == revision.as_ref())
+        .find(|rs| {
+            rs.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == d.metadata.uid.as_ref())
+                && rs.annotations().get("deployment.kubernetes.io/revision") == revision.as_ref()
+        })
         .expect("the current ReplicaSet");
     rs.labels()["pod-template-hash"].clone()
 }
