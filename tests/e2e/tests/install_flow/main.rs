@@ -22,28 +22,31 @@
 //! kubeconfig standing in for the ServiceAccount's token). Everything else is verbatim.
 
 mod examples;
+mod flow;
+mod operator;
+mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use inputbot_e2e::helm::{Helm, chart_dir};
 use inputbot_e2e::identity::{self, may, service_account_user};
-use inputbot_e2e::pod::{LocalProcess, current_pod, plan};
 use inputbot_e2e::receiver::Receiver;
 use inputbot_e2e::smtp::MailSink;
 use inputbot_e2e::{
     Cluster, TestNamespace, apply, kafka_bootstrap, setting, unique_suffix, wait_for,
 };
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use operator::{Operator, literal_env, pod_template_hash};
+use serde_json::json;
+use views::{adopt_existing_crds, kubectl, kubectl_get, table, wait_crds_served, wait_table_ready};
 
 const RELEASE: &str = "flow";
 const FULLNAME: &str = "flow-inputbot-operator";
@@ -124,272 +127,8 @@ fn values(bootstrap: &str, watched: &str, extra: &str) -> String {
     v
 }
 
-/// The operator: a local process as the chart's pod (kwok), or the chart's own pods.
-enum Operator {
-    Local(Box<LocalProcess>),
-    Pods,
-}
-
-impl Operator {
-    async fn up(cluster: &Cluster, ns: &str, root: &Path, kubeconfig: &str) -> Operator {
-        if !real_pods() {
-            return Operator::Local(Box::new(
-                start_operator(cluster, ns, root, kubeconfig).await,
-            ));
-        }
-        let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-        wait_for(
-            "the operator Deployment available",
-            Duration::from_secs(180),
-            || async {
-                let d = deployments.get(FULLNAME).await.ok()?;
-                let s = d.status?;
-                (s.available_replicas.unwrap_or(0) >= 1
-                    && s.observed_generation >= d.metadata.generation)
-                    .then_some(())
-            },
-        )
-        .await;
-        Operator::Pods
-    }
-
-    /// The pod gone: SIGTERM to the local process, which must exit 0.
-    async fn stop(self) {
-        if let Operator::Local(mut p) = self {
-            assert!(
-                p.terminate(Duration::from_secs(30)).await,
-                "the operator exits 0 on SIGTERM"
-            );
-        }
-    }
-
-    /// The Lease holders that count as this operator: the local process's pod, or any pod of
-    /// the Deployment's current ReplicaSet.
-    async fn identities(&self, client: &Client, d: &Deployment) -> BTreeSet<String> {
-        match self {
-            Operator::Local(p) => BTreeSet::from([p.plan.pod.clone()]),
-            Operator::Pods => {
-                let hash = pod_template_hash(client, d).await;
-                Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
-                    client.clone(),
-                    &d.namespace().unwrap(),
-                )
-                .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .map(|p| p.name_any())
-                .collect()
-            }
-        }
-    }
-}
-
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-/// CRDs a previous run (or another suite) left behind are adopted by this release the way
-/// Helm documents it (its ownership label and annotations), so the chart installs them.
-async fn adopt_existing_crds(client: &Client, namespace: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in CRDS {
-        if crds.get_opt(name).await.expect("reading a CRD").is_some() {
-            let patch = json!({"metadata": {
-                "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                "annotations": {
-                    "meta.helm.sh/release-name": RELEASE,
-                    "meta.helm.sh/release-namespace": namespace,
-                }
-            }});
-            crds.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .expect("adopting a CRD");
-        }
-    }
-}
-
-async fn wait_crds_served(client: &Client) {
-    for name in CRDS {
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        wait_for(
-            &format!("CRD {name} Established"),
-            Duration::from_secs(30),
-            || async {
-                let crd = crds.get_opt(name).await.ok().flatten()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
-            },
-        )
-        .await;
-    }
-    let gvk = kube::core::GroupVersionKind::gvk("inputbot.dev", "v1alpha1", "ActionBinding");
-    wait_for(
-        "the inputbot.dev kinds to be served",
-        Duration::from_secs(30),
-        || async {
-            kube::discovery::pinned_kind(client, &gvk)
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
-}
-
-/// The Table `kubectl get <plural>` prints: each row's cells by column name.
-async fn table(client: &Client, ns: &str, plural: &str) -> Vec<BTreeMap<String, String>> {
-    let req = http::Request::get(format!(
-        "/apis/inputbot.dev/v1alpha1/namespaces/{ns}/{plural}"
-    ))
-    .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
-    .body(Vec::new())
-    .expect("a request");
-    let text = client.request_text(req).await.expect("a Table");
-    let t: Value = serde_json::from_str(&text).expect("Table JSON");
-    let columns: Vec<String> = t["columnDefinitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    t["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            let cells = r["cells"].as_array().cloned().unwrap_or_default();
-            columns
-                .iter()
-                .zip(cells)
-                .map(|(c, v)| {
-                    (
-                        c.clone(),
-                        v.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| v.to_string()),
-                    )
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Waits until every `names` row of `kubectl get <plural>` says Ready True, reason Ready.
-async fn wait_table_ready(
-    client: &Client,
-    ns: &str,
-    plural: &str,
-    names: &BTreeSet<String>,
-) -> Vec<BTreeMap<String, String>> {
-    wait_for(
-        &format!("{plural} {names:?} Ready in kubectl get"),
-        READY_TIMEOUT,
-        || async {
-            let rows = table(client, ns, plural).await;
-            let ready: BTreeSet<String> = rows
-                .iter()
-                .filter(|r| {
-                    r.get("Ready").map(String::as_str) == Some("True")
-                        && r.get("Reason").map(String::as_str) == Some("Ready")
-                })
-                .filter_map(|r| r.get("Name").cloned())
-                .collect();
-            (&ready == names).then_some(rows)
-        },
-    )
-    .await
-}
-
-/// The real kubectl: `INPUTBOT_KUBECTL` (scripts/tools.sh builds it), else `kubectl` on PATH.
-/// Without one, the Table API above is what it would print.
-fn kubectl() -> Option<String> {
-    if let Some(k) = setting("INPUTBOT_KUBECTL") {
-        return Some(k);
-    }
-    let found = std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output();
-    found
-        .is_ok_and(|o| o.status.success())
-        .then(|| "kubectl".to_owned())
-}
-
-/// `kubectl get <what> -n <ns>` with the real kubectl, when there is one.
-fn kubectl_get(what: &str, ns: &str) -> Option<String> {
-    let kubeconfig = setting("KUBECONFIG")?;
-    let out = std::process::Command::new(kubectl()?)
-        .args(["--kubeconfig", &kubeconfig, "get", what, "-n", ns])
-        .output()
-        .ok()?;
-    assert!(
-        out.status.success(),
-        "kubectl get {what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The Deployment's env, literal values only, by name.
-fn literal_env(d: &Deployment) -> BTreeMap<String, Option<String>> {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| &p.containers[0])
-        .and_then(|c| c.env.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| (e.name, e.value))
-        .collect()
-}
-
-/// The local process of the operator's Deployment as it stands now, as `sa`.
-async fn start_operator(
-    cluster: &Cluster,
-    ns: &str,
-    root: &Path,
-    kubeconfig: &str,
-) -> LocalProcess {
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
-    let d = deployments
-        .get(FULLNAME)
-        .await
-        .expect("the chart's operator Deployment");
-    let pod = current_pod(&cluster.client, &d, Duration::from_secs(60))
-        .await
-        .expect("an operator pod");
-    let plan = plan(&cluster.client, &d, &pod, root)
-        .await
-        .expect("the operator's plan");
-    // Exactly the stated rewrites; every other arg and env var verbatim.
-    assert_eq!(
-        plan.rewritten(),
-        ["/tmp", "0.0.0.0:8080"],
-        "{:#?}",
-        plan.rewrites
-    );
-    assert_eq!(plan.args, ["run"]);
-    let container_env: BTreeSet<String> = literal_env(&d).into_keys().collect();
-    let mut planned: BTreeSet<String> = plan.env.keys().cloned().collect();
-    assert!(planned.remove("TMPDIR"));
-    assert_eq!(planned, container_env);
-    for (name, value) in literal_env(&d) {
-        if let Some(v) = value
-            && name != "INPUTBOT_METRICS_LISTEN"
-        {
-            assert_eq!(plan.env[&name], v, "env {name} is verbatim");
-        }
-    }
-    assert_eq!(plan.env["POD_NAME"], pod.name_any());
-    assert_eq!(plan.env["INPUTBOT_LEASE_NAMESPACE"], ns);
-    let mut op = LocalProcess::spawn(plan, &[("KUBECONFIG", kubeconfig)]);
-    op.wait_ready(Duration::from_secs(30)).await;
-    op
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -820,28 +559,3 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
     );
     let _ = std::fs::remove_dir_all(&root);
 }
-
-/// The `pod-template-hash` of the Deployment's current ReplicaSet.
-async fn pod_template_hash(client: &Client, d: &Deployment) -> String {
-    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &d.namespace().unwrap());
-    let revision = d
-        .annotations()
-        .get("deployment.kubernetes.io/revision")
-        .cloned();
-    let rs = sets
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .find(|rs| {
-            rs.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == d.metadata.uid.as_ref())
-                && rs.annotations().get("deployment.kubernetes.io/revision") == revision.as_ref()
-        })
-        .expect("the current ReplicaSet");
-    rs.labels()["pod-template-hash"].clone()
-}
-
-mod flow;
