@@ -605,3 +605,56 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_absolute_paths_and_the_container_port_and_nothing_else() {
+        let root = Path::new("/tmp/r");
+        let ports = BTreeMap::from([(8080, 41000)]);
+        let cases = [
+            (
+                "/etc/inputbot/component.json",
+                "/tmp/r/etc/inputbot/component.json",
+            ),
+            ("0.0.0.0:8080", "127.0.0.1:41000"),
+            ("[::]:8080", "127.0.0.1:41000"),
+            // Another port, a host name, relative paths and plain words stay.
+            ("0.0.0.0:9090", "0.0.0.0:9090"),
+            ("kafka:9092", "kafka:9092"),
+            ("etc/inputbot", "etc/inputbot"),
+            ("run", "run"),
+            ("info,kube=warn", "info,kube=warn"),
+        ];
+        for (from, to) in cases {
+            assert_eq!(rewrite_value(from, root, &ports), to, "{from}");
+        }
+    }
+
+    #[test]
+    fn volume_items_select_keys_and_a_missing_key_is_an_error() {
+        let data = BTreeMap::from([
+            ("a".to_owned(), b"1".to_vec()),
+            ("b".to_owned(), b"2".to_vec()),
+        ]);
+        assert_eq!(select_items("d", "v", data.clone(), None).unwrap().len(), 2);
+        let items = [k8s_openapi::api::core::v1::KeyToPath {
+            key: "b".into(),
+            path: "renamed".into(),
+            mode: None,
+        }];
+        assert_eq!(
+            select_items("d", "v", data.clone(), Some(&items)).unwrap(),
+            [("renamed".to_owned(), b"2".to_vec())]
+        );
+        let missing = [k8s_openapi::api::core::v1::KeyToPath {
+            key: "c".into(),
+            path: "c".into(),
+            mode: None,
+        }];
+        let err = select_items("d", "v", data, Some(&missing)).unwrap_err();
+        assert!(err.to_string().contains("wants key c"), "{err}");
+    }
+}

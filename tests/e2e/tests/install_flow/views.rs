@@ -2,7 +2,7 @@
 //! `kubectl get`, through the API or the real kubectl.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inputbot_e2e::{setting, wait_for};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -109,23 +109,28 @@ pub async fn wait_table_ready(
     plural: &str,
     names: &BTreeSet<String>,
 ) -> Vec<BTreeMap<String, String>> {
-    wait_for(
-        &format!("{plural} {names:?} Ready in kubectl get"),
-        READY_TIMEOUT,
-        || async {
-            let rows = table(client, ns, plural).await;
-            let ready: BTreeSet<String> = rows
-                .iter()
-                .filter(|r| {
-                    r.get("Ready").map(String::as_str) == Some("True")
-                        && r.get("Reason").map(String::as_str) == Some("Ready")
-                })
-                .filter_map(|r| r.get("Name").cloned())
-                .collect();
-            (&ready == names).then_some(rows)
-        },
-    )
-    .await
+    let start = Instant::now();
+    loop {
+        let rows = table(client, ns, plural).await;
+        let ready: BTreeSet<String> = rows
+            .iter()
+            .filter(|r| {
+                r.get("Ready").map(String::as_str) == Some("True")
+                    && r.get("Reason").map(String::as_str) == Some("Ready")
+            })
+            .filter_map(|r| r.get("Name").cloned())
+            .collect();
+        if &ready == names {
+            return rows;
+        }
+        if start.elapsed() > READY_TIMEOUT {
+            panic!(
+                "timed out after {READY_TIMEOUT:?} waiting for {plural} {names:?} to be Ready in \
+                 `kubectl get {plural}`; it shows:\n{rows:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The real kubectl: `INPUTBOT_KUBECTL` (scripts/tools.sh builds it), else `kubectl` on PATH.
