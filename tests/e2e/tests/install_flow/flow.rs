@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use inputbot_e2e::Cluster;
 use inputbot_e2e::pod::{LocalProcess, current_pod, plan};
 use inputbot_e2e::receiver::Receiver;
-use inputbot_e2e::runtime::read_topic;
+use inputbot_e2e::runtime::{Record, read_topic};
 use inputbot_e2e::smtp::MailSink;
 use inputbot_runtime::dlq::DeadLetter;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -286,6 +286,24 @@ async fn wait_log(rt: &Runtime, deployment: &str, what: &str, timeout: Duration,
     }
 }
 
+/// Waits until `topic` holds at least `n` records and returns them all.
+async fn wait_records(bootstrap: &str, topic: &str, n: usize) -> Vec<Record> {
+    let start = Instant::now();
+    loop {
+        // rdkafka's reader blocks: off the async workers.
+        let records = tokio::task::block_in_place(|| read_topic(bootstrap, topic));
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            start.elapsed() < FLOW_TIMEOUT,
+            "{} record(s) on {topic} after {FLOW_TIMEOUT:?}, expected {n}",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -407,59 +425,60 @@ async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
                "requester": {"email": email, "name": "Ann"}})
         .to_string()
     };
-    // Refused at the edge: the schema wants a requester.
     let bad = json!({"id": 1000, "subject": "x"}).to_string();
-    let (status, answer) = rt
-        .post(
-            ingest,
-            path,
-            &helpdesk_headers(examples::HELPDESK_KEY, &bad, &uuid()),
-            &bad,
-        )
-        .await;
-    assert_eq!(status, 400, "{answer}");
     let billing = ticket(
         1001,
         "Refund please",
         "I want a refund for invoice 7",
         "ann@example.com",
     );
-    let (status, answer) = rt
-        .post(
-            ingest,
-            path,
-            &helpdesk_headers(examples::HELPDESK_KEY, &billing, &uuid()),
-            &billing,
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    // Signed with the previous key (rotation), and refused by the CRM with a 422.
     let refused = ticket(
         1002,
         "Quote",
         "a pricing quote please",
         "reject@example.com",
     );
-    let (status, answer) = rt
-        .post(
-            ingest,
-            path,
-            &helpdesk_headers(examples::HELPDESK_PREVIOUS_KEY, &refused, &uuid()),
+    let skipped = ticket(1003, "Printer", "my printer is broken", "bob@example.com");
+    let no_message =
+        json!({"id": 1004, "subject": "Empty", "requester": {"email": "eve@example.com"}})
+            .to_string();
+    for (what, key, body, want) in [
+        (
+            "refused at the edge: the schema wants a requester",
+            examples::HELPDESK_KEY,
+            &bad,
+            400,
+        ),
+        (
+            "a billing ticket: a CRM lead",
+            examples::HELPDESK_KEY,
+            &billing,
+            202,
+        ),
+        // Signed with the previous key (rotation); the CRM refuses it with a 422.
+        (
+            "a sales ticket the CRM refuses",
+            examples::HELPDESK_PREVIOUS_KEY,
             &refused,
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    // Neither sales nor billing: the binding's `when` skips it.
-    let support = ticket(1003, "Printer", "my printer is broken", "bob@example.com");
-    let (status, answer) = rt
-        .post(
-            ingest,
-            path,
-            &helpdesk_headers(examples::HELPDESK_KEY, &support, &uuid()),
-            &support,
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
+            202,
+        ),
+        (
+            "neither sales nor billing: the binding's `when` skips it",
+            examples::HELPDESK_KEY,
+            &skipped,
+            202,
+        ),
+        (
+            "no message: the pipeline's validate step dead-letters it",
+            examples::HELPDESK_KEY,
+            &no_message,
+            202,
+        ),
+    ] {
+        let headers = helpdesk_headers(key, body, &uuid());
+        let (status, answer) = rt.post(ingest, path, &headers, body).await;
+        assert_eq!(status, want, "{what}: {answer}");
+    }
 
     let leads = outside
         .wait_for("two CRM leads", 2, FLOW_TIMEOUT, |r| {
@@ -496,15 +515,7 @@ async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
         .as_str()
         .expect("a dead-letter topic")
         .to_owned();
-    let start = Instant::now();
-    let dead = loop {
-        let records = read_topic(bootstrap, &topic);
-        if let Some(r) = records.into_iter().next() {
-            break r;
-        }
-        assert!(start.elapsed() < FLOW_TIMEOUT, "nothing on {topic}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let dead = wait_records(bootstrap, &topic, 1).await.remove(0);
     assert_eq!(dead.headers["inputbot_dlq_class"], "status");
     assert_eq!(dead.headers["inputbot_dlq_status"], "422");
     let record: DeadLetter = serde_json::from_slice(&dead.value).expect("a dead-letter record");
@@ -514,7 +525,7 @@ async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
     assert_eq!(record.error.attempts, 1);
     assert_eq!(record.failed_at.stage, "action");
     assert_eq!(
-        read_topic(bootstrap, &topic).len(),
+        wait_records(bootstrap, &topic, 1).await.len(),
         1,
         "only the refused lead is dead-lettered"
     );
@@ -523,6 +534,28 @@ async fn support(rt: &Runtime, outside: &Receiver, bootstrap: &str) {
         2,
         "ticket 1003 is skipped"
     );
+
+    // The ticket without a message: on the pipeline's dead-letter topic, naming the step.
+    let topic = rt.config("ticket-triage-process").await["deadLetterTopic"]
+        .as_str()
+        .expect("the pipeline's dead-letter topic")
+        .to_owned();
+    let dead = wait_records(bootstrap, &topic, 1).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "only the ticket without a message fails a step"
+    );
+    let record: DeadLetter = serde_json::from_slice(&dead[0].value).expect("a dead-letter record");
+    assert_eq!(record.event.data["id"], 1004);
+    assert_eq!(
+        (
+            record.failed_at.stage.as_str(),
+            record.failed_at.name.as_str()
+        ),
+        ("step", "require-message")
+    );
+    assert_eq!(record.error.class, "validation");
 }
 
 async fn status_page(outside: &Receiver, mail: &MailSink) {
