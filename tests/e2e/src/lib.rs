@@ -32,8 +32,13 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
 
+pub mod helm;
+pub mod identity;
 pub mod operator;
+pub mod pod;
+pub mod receiver;
 pub mod runtime;
+pub mod smtp;
 
 /// The field manager of every server-side apply made by the tests.
 pub const FIELD_MANAGER: &str = "inputbot-e2e";
