@@ -39,9 +39,7 @@ fn health(script: &str, obj: &Value) -> Result<(String, String), String> {
     let value = lua
         .to_value_with(obj, options)
         .map_err(|e| format!("the object does not convert to Lua: {e}"))?;
-    lua.globals()
-        .set("obj", value)
-        .map_err(|e| e.to_string())?;
+    lua.globals().set("obj", value).map_err(|e| e.to_string())?;
     let hs: Table = lua
         .load(script)
         .set_name("health.lua")
@@ -201,11 +199,17 @@ fn the_argocd_cm_snippet_in_the_install_docs_is_the_script_for_each_kind() {
             .take_while(|l| l.is_empty() || l.len() > indent && l[..indent].trim().is_empty())
             .map(|l| if l.is_empty() { l } else { &l[indent..] })
             .collect();
+        let want: Vec<&str> = script.trim_end().lines().collect();
         let block = block.join("\n");
-        assert_eq!(
-            block.trim_end(),
-            script.trim_end(),
-            "docs/install.md's {kind} health check differs from deploy/argocd/health.lua"
-        );
+        let got: Vec<&str> = block.trim_end().lines().collect();
+        if let Some(line) = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i)) {
+            panic!(
+                "docs/install.md's {kind} health check differs from deploy/argocd/health.lua at \
+                 line {}: {:?} in the docs, {:?} in the file",
+                line + 1,
+                got.get(line),
+                want.get(line)
+            );
+        }
     }
 }

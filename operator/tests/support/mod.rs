@@ -19,8 +19,8 @@ pub fn repo_root() -> PathBuf {
 
 /// A source file without its `#[cfg(test)]` part (test fixtures are not reasons).
 fn source(path: &Path) -> String {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     match text.find("#[cfg(test)]") {
         Some(at) => text[..at].to_owned(),
         None => text,
