@@ -13,7 +13,7 @@
 #   CARGO_TARGET_DIR          where the binaries are and the images go
 #                             (default ~/.cache/inputbot/target)
 #   INPUTBOT_IMAGES_PROFILE   cargo profile of the binaries: debug (default) or release
-#   INPUTBOT_UMOCI            the umoci binary (default: umoci on PATH; scripts/tools.sh umoci)
+#   INPUTBOT_UMOCI            the umoci binary (default: umoci on PATH; scripts/tools.sh images)
 #   SOURCE_DATE_EPOCH         timestamp of every file and of the image (default: HEAD's commit
 #                             time), so that the same binaries give the same image digest
 #
@@ -178,7 +178,7 @@ main() {
   fi
   case "${1:-}" in -h|--help) sed -n '2,33p' "$SELF" | sed 's/^# \{0,1\}//'; return 0 ;; esac
   UMOCI="$(command -v "${INPUTBOT_UMOCI:-umoci}" || true)"
-  [[ -n "$UMOCI" ]] || die "umoci (${INPUTBOT_UMOCI:-umoci}) is not installed: run scripts/tools.sh umoci"
+  [[ -n "$UMOCI" ]] || die "umoci (${INPUTBOT_UMOCI:-umoci}) is not installed: run scripts/tools.sh images"
   local images=("$@") i
   (( ${#images[@]} )) || images=(operator runtime)
   for i in "${images[@]}"; do binary_of "$i" >/dev/null; done

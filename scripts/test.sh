@@ -95,8 +95,8 @@ phase "e2e build" cargo build -p inputbot-operator -p inputbot-runtime --bins
 # The container images, from those binaries (umoci, no container engine; see docs/install.md),
 # then their checks: non-root numeric user, entrypoint, no shell, the binaries run from the
 # unpacked root filesystem. Warm: well under a minute.
-images() { "$ROOT/scripts/tools.sh" umoci && "$ROOT/scripts/images.sh"; }
-phase "images (scripts/images.sh)" images
+build_images() { "$ROOT/scripts/tools.sh" images && "$ROOT/scripts/images.sh"; }
+phase "images (scripts/images.sh)" build_images
 phase "e2e test build" cargo test -p inputbot-e2e --no-run
 phase "image checks (--test images)" cargo test -p inputbot-e2e --test images
 # A hung test (a client stuck in a destructor, a watch that never ends) must not hang CI.

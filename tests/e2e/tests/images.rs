@@ -9,11 +9,13 @@
 //! - the binary runs from it as the image's user (`chroot --userspec`): `--version`, the
 //!   operator renders an example, the runtime validates it and accepts the exact `args` the
 //!   rendered Deployments give it;
+//! - skopeo (containers/image, the library of Podman and CRI-O) reads each layout as the same
+//!   image and converts it to a `docker-archive` (what `docker load` and `kind load` take);
 //! - `images/Dockerfile` (for people with Docker) declares the same user, entrypoint, command
 //!   and environment;
 //! - the images stay small.
 //!
-//! Needs umoci (`scripts/tools.sh umoci`) and the operator and runtime binaries
+//! Needs umoci and skopeo (`scripts/tools.sh images`) and the operator and runtime binaries
 //! (`cargo build -p inputbot-operator -p inputbot-runtime --bins`); no cluster, no broker.
 //! Running the binaries inside the root filesystem needs root (`chroot`), or else user
 //! namespaces (`unshare --map-root-user --root`).
@@ -86,9 +88,34 @@ fn umoci() -> String {
         Ok(out) if out.status.success() => umoci,
         _ => panic!(
             "umoci ({umoci}) does not run: no tool to build and unpack the images with. \
-             Run `scripts/tools.sh umoci` (Debian's umoci, via apt); see docs/testing.md."
+             Run `scripts/tools.sh images` (Debian's umoci, via apt); see docs/testing.md."
         ),
     }
+}
+
+fn skopeo() -> String {
+    let skopeo = setting("INPUTBOT_SKOPEO").unwrap_or_else(|| "skopeo".into());
+    match Command::new(&skopeo).arg("--version").output() {
+        Ok(out) if out.status.success() => skopeo,
+        _ => panic!(
+            "skopeo ({skopeo}) does not run: no independent reader of the images. Run \
+             `scripts/tools.sh images` (Debian's skopeo, via apt); see docs/testing.md."
+        ),
+    }
+}
+
+/// `skopeo inspect --config <reference>`: the image config as containers/image reads it.
+fn skopeo_config(reference: &str) -> Value {
+    let out = Command::new(skopeo())
+        .args(["inspect", "--config", reference])
+        .output()
+        .expect("running skopeo inspect");
+    assert!(
+        out.status.success(),
+        "skopeo cannot read {reference}:\n{}",
+        output_text(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("skopeo prints the config as JSON")
 }
 
 fn output_text(out: &Output) -> String {
@@ -173,12 +200,17 @@ fn manifest_and_config(image: &Image) -> (Value, Value) {
 
 /// `image`'s root filesystem, unpacked by umoci into a directory removed on drop.
 fn unpack(image: &Image) -> tempfile::TempDir {
-    build_images();
     let dir = tempfile::Builder::new()
         .prefix(&format!("inputbot-image-{}-", image.name))
         .tempdir()
         .expect("a temporary directory");
-    let rootfs = dir.path().join("rootfs");
+    unpack_into(image, &dir.path().join("rootfs"));
+    dir
+}
+
+/// Unpacks `image`'s root filesystem into `rootfs` (which must not exist).
+fn unpack_into(image: &Image, rootfs: &Path) {
+    build_images();
     let mut cmd = Command::new(umoci());
     cmd.args(["raw", "unpack"]);
     if !is_root() {
@@ -187,7 +219,7 @@ fn unpack(image: &Image) -> tempfile::TempDir {
     let out = cmd
         .arg("--image")
         .arg(format!("{}:latest", layout(image).display()))
-        .arg(&rootfs)
+        .arg(rootfs)
         .output()
         .expect("running umoci raw unpack");
     assert!(
@@ -196,7 +228,33 @@ fn unpack(image: &Image) -> tempfile::TempDir {
         image.name,
         output_text(&out)
     );
-    dir
+}
+
+/// `image`'s root filesystem unpacked once per test run, for the tests that only read it:
+/// `<target>/images/.unpacked/<image>`, replaced by the next run.
+fn pristine_rootfs(image: &Image) -> PathBuf {
+    static OPERATOR_ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    static RUNTIME_ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if image.name == OPERATOR.name {
+        &OPERATOR_ROOTFS
+    } else {
+        &RUNTIME_ROOTFS
+    };
+    cell.get_or_init(|| {
+        let rootfs = layout(image)
+            .parent()
+            .expect("the images dir")
+            .join(".unpacked")
+            .join(image.name);
+        if rootfs.exists() {
+            std::fs::remove_dir_all(&rootfs)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", rootfs.display()));
+        }
+        std::fs::create_dir_all(rootfs.parent().expect("a parent")).expect("creating .unpacked");
+        unpack_into(image, &rootfs);
+        rootfs
+    })
+    .clone()
 }
 
 fn is_root() -> bool {
@@ -352,8 +410,7 @@ fn both_images_run_as_the_numeric_nonroot_user_with_the_binary_as_entrypoint() {
 #[test]
 fn the_root_filesystems_hold_no_shell_only_the_binary_its_libraries_and_etc_files() {
     for image in IMAGES {
-        let dir = unpack(image);
-        let rootfs = dir.path().join("rootfs");
+        let rootfs = pristine_rootfs(image);
         for shell in SHELLS {
             assert!(
                 std::fs::symlink_metadata(rootfs.join(shell)).is_err(),
@@ -405,8 +462,7 @@ fn the_root_filesystems_hold_no_shell_only_the_binary_its_libraries_and_etc_file
 fn both_binaries_report_their_version_from_the_unpacked_root_filesystem_as_the_image_user() {
     for image in IMAGES {
         let (_, config) = manifest_and_config(image);
-        let dir = unpack(image);
-        let rootfs = dir.path().join("rootfs");
+        let rootfs = pristine_rootfs(image);
         let entrypoint = strings(&config["config"]["Entrypoint"]);
         let out = run_in(
             &rootfs,
@@ -528,6 +584,45 @@ fn inside_the_images_the_operator_renders_a_bot_and_the_runtime_takes_the_render
         &args[1..],
         output_text(&out)
     );
+}
+
+#[test]
+fn skopeo_reads_each_layout_as_the_same_image_and_writes_a_docker_archive() {
+    for image in IMAGES {
+        let (_, config) = manifest_and_config(image);
+        let reference = format!("oci:{}:latest", layout(image).display());
+        let read = skopeo_config(&reference);
+        assert_eq!(
+            read["config"], config["config"],
+            "{}: skopeo reads another config from the layout",
+            image.name
+        );
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let archive = dir.path().join(format!("{}.tar", image.name));
+        let target = format!(
+            "docker-archive:{}:inputbot/{}:test",
+            archive.display(),
+            image.binary
+        );
+        let out = Command::new(skopeo())
+            .args(["--insecure-policy", "copy", "--quiet", &reference, &target])
+            .output()
+            .expect("running skopeo copy");
+        assert!(
+            out.status.success(),
+            "{}: skopeo cannot write a docker-archive:\n{}",
+            image.name,
+            output_text(&out)
+        );
+        let again = skopeo_config(&format!("docker-archive:{}", archive.display()));
+        for key in ["User", "Entrypoint", "Cmd", "Env"] {
+            assert_eq!(
+                again["config"][key], config["config"][key],
+                "{}: {key} of the docker-archive",
+                image.name
+            );
+        }
+    }
 }
 
 #[test]
