@@ -32,6 +32,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config, ResourceExt};
 use serde_json::Value;
 
+pub mod images;
 pub mod operator;
 pub mod runtime;
 

@@ -20,33 +20,16 @@
 //! Running the binaries inside the root filesystem needs root (`chroot`), or else user
 //! namespaces (`unshare --map-root-user --root`).
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 
-use inputbot_e2e::{repo_root, setting, yaml_documents};
+use inputbot_e2e::images::{
+    IMAGES, OPERATOR, RUNTIME, command_in, files_below, image_user, layout, ldd,
+    manifest_and_config, output_text, pristine_rootfs, profile_dir, run_in, skopeo, skopeo_config,
+    strings, unpack,
+};
+use inputbot_e2e::{repo_root, yaml_documents};
 use inputbot_operator::render::{RUNTIME_PORT, RUNTIME_UID};
 use serde_json::Value;
-
-/// One image: its name in `scripts/images.sh`, its binary and its default arguments.
-struct Image {
-    name: &'static str,
-    binary: &'static str,
-    cmd: &'static [&'static str],
-}
-
-const OPERATOR: Image = Image {
-    name: "operator",
-    binary: "inputbot-operator",
-    cmd: &["run"],
-};
-const RUNTIME: Image = Image {
-    name: "runtime",
-    binary: "inputbot",
-    cmd: &["--help"],
-};
-const IMAGES: [&Image; 2] = [&OPERATOR, &RUNTIME];
 
 /// Compressed size every image must stay under (debug binaries, debug info stripped: each is
 /// about 25 MiB today).
@@ -61,299 +44,6 @@ const SHELLS: [&str; 6] = [
     "bin/dash",
     "bin/busybox",
 ];
-
-// ------------------------------------------------------------------------- helpers ---
-
-/// `target/<profile>` of the test binaries: where the operator and runtime binaries are.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> → target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
-}
-
-fn layout(image: &Image) -> PathBuf {
-    profile_dir()
-        .parent()
-        .expect("the target dir")
-        .join("images")
-        .join(image.name)
-}
-
-fn umoci() -> String {
-    let umoci = setting("INPUTBOT_UMOCI").unwrap_or_else(|| "umoci".into());
-    match Command::new(&umoci).arg("--version").output() {
-        Ok(out) if out.status.success() => umoci,
-        _ => panic!(
-            "umoci ({umoci}) does not run: no tool to build and unpack the images with. \
-             Run `scripts/tools.sh images` (Debian's umoci, via apt); see docs/testing.md."
-        ),
-    }
-}
-
-fn skopeo() -> String {
-    let skopeo = setting("INPUTBOT_SKOPEO").unwrap_or_else(|| "skopeo".into());
-    match Command::new(&skopeo).arg("--version").output() {
-        Ok(out) if out.status.success() => skopeo,
-        _ => panic!(
-            "skopeo ({skopeo}) does not run: no independent reader of the images. Run \
-             `scripts/tools.sh images` (Debian's skopeo, via apt); see docs/testing.md."
-        ),
-    }
-}
-
-/// `skopeo inspect --config <reference>`: the image config as containers/image reads it.
-fn skopeo_config(reference: &str) -> Value {
-    let out = Command::new(skopeo())
-        .args(["inspect", "--config", reference])
-        .output()
-        .expect("running skopeo inspect");
-    assert!(
-        out.status.success(),
-        "skopeo cannot read {reference}:\n{}",
-        output_text(&out)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo prints the config as JSON")
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Builds both images once per test run from the binaries beside the tests (the script
-/// skips an image whose inputs did not change).
-fn build_images() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let profile = profile_dir();
-        for image in IMAGES {
-            let bin = profile.join(image.binary);
-            assert!(
-                bin.exists(),
-                "{} is missing: run `cargo build -p inputbot-operator -p inputbot-runtime --bins` \
-                 first (scripts/test.sh does)",
-                bin.display()
-            );
-        }
-        let out = Command::new(repo_root().join("scripts/images.sh"))
-            .env(
-                "CARGO_TARGET_DIR",
-                profile.parent().expect("the target dir"),
-            )
-            .env(
-                "INPUTBOT_IMAGES_PROFILE",
-                profile.file_name().expect("a profile directory"),
-            )
-            .env("INPUTBOT_UMOCI", umoci())
-            .output()
-            .expect("running scripts/images.sh");
-        assert!(
-            out.status.success(),
-            "scripts/images.sh failed:\n{}",
-            output_text(&out)
-        );
-    });
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-fn blob_path(layout: &Path, digest: &str) -> PathBuf {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("digest {digest} is not sha256"));
-    layout.join("blobs/sha256").join(hex)
-}
-
-/// The manifest and the config of `image`'s `latest` tag.
-fn manifest_and_config(image: &Image) -> (Value, Value) {
-    build_images();
-    let layout = layout(image);
-    let index = read_json(&layout.join("index.json"));
-    let entry = index["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
-        .unwrap_or_else(|| panic!("{}: no `latest` tag in index.json: {index}", image.name));
-    let manifest = read_json(&blob_path(
-        &layout,
-        entry["digest"].as_str().expect("a digest"),
-    ));
-    let config = read_json(&blob_path(
-        &layout,
-        manifest["config"]["digest"]
-            .as_str()
-            .expect("a config digest"),
-    ));
-    (manifest, config)
-}
-
-/// `image`'s root filesystem, unpacked by umoci into a directory removed on drop.
-fn unpack(image: &Image) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("inputbot-image-{}-", image.name))
-        .tempdir()
-        .expect("a temporary directory");
-    unpack_into(image, &dir.path().join("rootfs"));
-    dir
-}
-
-/// Unpacks `image`'s root filesystem into `rootfs` (which must not exist).
-fn unpack_into(image: &Image, rootfs: &Path) {
-    build_images();
-    let mut cmd = Command::new(umoci());
-    cmd.args(["raw", "unpack"]);
-    if !is_root() {
-        cmd.arg("--rootless");
-    }
-    let out = cmd
-        .arg("--image")
-        .arg(format!("{}:latest", layout(image).display()))
-        .arg(rootfs)
-        .output()
-        .expect("running umoci raw unpack");
-    assert!(
-        out.status.success(),
-        "umoci could not unpack the {} image:\n{}",
-        image.name,
-        output_text(&out)
-    );
-}
-
-/// `image`'s root filesystem unpacked once per test run, for the tests that only read it:
-/// `<target>/images/.unpacked/<image>`, replaced by the next run.
-fn pristine_rootfs(image: &Image) -> PathBuf {
-    static OPERATOR_ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    static RUNTIME_ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    let cell = if image.name == OPERATOR.name {
-        &OPERATOR_ROOTFS
-    } else {
-        &RUNTIME_ROOTFS
-    };
-    cell.get_or_init(|| {
-        let rootfs = layout(image)
-            .parent()
-            .expect("the images dir")
-            .join(".unpacked")
-            .join(image.name);
-        if rootfs.exists() {
-            std::fs::remove_dir_all(&rootfs)
-                .unwrap_or_else(|e| panic!("removing {}: {e}", rootfs.display()));
-        }
-        std::fs::create_dir_all(rootfs.parent().expect("a parent")).expect("creating .unpacked");
-        unpack_into(image, &rootfs);
-        rootfs
-    })
-    .clone()
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// `name` on this process's PATH (the child's PATH is the image's, where it is not).
-fn host_tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not on PATH (Debian: coreutils / util-linux)"))
-}
-
-/// Runs `args` (an absolute path inside `rootfs` first) with `rootfs` as `/`: as root through
-/// `chroot --userspec` as the image's user; otherwise in a user namespace.
-fn run_in(rootfs: &Path, user: &str, args: &[&str]) -> Output {
-    let mut cmd = if is_root() {
-        let mut c = Command::new(host_tool("chroot"));
-        c.arg(format!("--userspec={user}")).arg(rootfs);
-        c
-    } else {
-        let mut c = Command::new(host_tool("unshare"));
-        c.arg("--map-root-user")
-            .arg(format!("--root={}", rootfs.display()));
-        c
-    };
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", "/usr/local/bin")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?} inside {}: {e}", rootfs.display()))
-}
-
-/// Every file and symlink below `root`, as paths relative to it.
-fn files_below(root: &Path) -> BTreeSet<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).expect("reading the unpacked root filesystem") {
-            let entry = entry.expect("a directory entry");
-            let path = entry.path();
-            let kind = entry.file_type().expect("a file type");
-            if kind.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).expect("below the root");
-                out.insert(rel.to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk(root, root, &mut out);
-    out
-}
-
-/// The libraries and the loader the dynamic linker loads for `bin`, per `ldd`, without the
-/// leading `/`.
-fn ldd(bin: &Path) -> BTreeSet<String> {
-    let out = Command::new("ldd").arg(bin).output().expect("running ldd");
-    assert!(
-        out.status.success(),
-        "ldd {}:\n{}",
-        bin.display(),
-        output_text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [_, "=>", path, ..] if path.starts_with('/') => Some(*path),
-                [path, ..] if path.starts_with('/') => Some(*path),
-                _ => None,
-            }
-        })
-        .map(|p| p.trim_start_matches('/').to_owned())
-        .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| s.as_str().expect("a string").to_owned())
-        .collect()
-}
-
-fn image_user(config: &Value) -> String {
-    config["config"]["User"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
 
 // --------------------------------------------------------------------------- tests ---
 
@@ -732,4 +422,125 @@ fn the_dockerfile_declares_what_the_daemonless_images_have() {
             image.name
         );
     }
+}
+
+/// Sends SIGTERM to `pid` (the runtime drains and exits 0 on it).
+fn terminate(pid: u32) {
+    let out = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .output()
+        .expect("running kill");
+    assert!(
+        out.status.success(),
+        "kill -TERM {pid}:\n{}",
+        output_text(&out)
+    );
+}
+
+#[tokio::test]
+async fn the_runtime_image_serves_the_quickstart_bot_as_its_user_and_drains_on_sigterm() {
+    use hmac::{Hmac, Mac};
+    use std::io::Read as _;
+
+    let dir = unpack(&RUNTIME);
+    let rootfs = dir.path().join("rootfs");
+    let (_, config) = manifest_and_config(&RUNTIME);
+    std::fs::copy(
+        repo_root().join("examples/quickstart.yaml"),
+        rootfs.join("tmp/quickstart.yaml"),
+    )
+    .expect("copying the example into the unpacked /tmp");
+    let port = inputbot_e2e::runtime::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "/usr/local/bin/inputbot",
+        "run",
+        "-f",
+        "/tmp/quickstart.yaml",
+        "--listen",
+        &listen,
+        "--data-dir",
+        "/tmp/data",
+    ];
+    let mut child = command_in(&rootfs, &image_user(&config), &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the runtime inside its image");
+    // Killed if the test fails before the SIGTERM below.
+    struct Guard(Option<std::process::Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut guard = Guard(Some(child));
+
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    let ready = inputbot_e2e::wait_for(
+        "the runtime in its image to answer /readyz",
+        std::time::Duration::from_secs(60),
+        || {
+            let http = http.clone();
+            let url = format!("{base}/readyz");
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    let () = ready;
+
+    let body = r#"{"action":"opened","issue":{"number":42,"title":"App crash on login","user":{"login":"octocat"}}}"#;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"quickstart-secret").expect("an HMAC key");
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let answer = http
+        .post(format!("{base}/github"))
+        .header("content-type", "application/json")
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("posting the signed webhook");
+    assert_eq!(
+        answer.status(),
+        reqwest::StatusCode::ACCEPTED,
+        "the signed webhook: {}",
+        answer.text().await.unwrap_or_default()
+    );
+
+    terminate(pid);
+    let mut child = guard.0.take().expect("the child");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joining the wait")
+        .expect("waiting for the runtime");
+    let mut out = String::new();
+    let mut err = String::new();
+    std::io::BufReader::new(stdout)
+        .read_to_string(&mut out)
+        .expect("reading stdout");
+    std::io::BufReader::new(stderr)
+        .read_to_string(&mut err)
+        .expect("reading stderr");
+    assert!(
+        status.success(),
+        "the runtime did not drain and exit 0 on SIGTERM ({status}):\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        out.contains(r#"issue #42 "App crash on login" by octocat"#),
+        "the log action did not print the event:\nstdout:\n{out}\nstderr:\n{err}"
+    );
 }
