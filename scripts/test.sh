@@ -92,7 +92,13 @@ fi
 # Built first, so that the time limit below is the tests' own. The suite runs the operator
 # and the runtime as child processes: their binaries are built beside the test binaries.
 phase "e2e build" cargo build -p inputbot-operator -p inputbot-runtime --bins
+# The container images, from those binaries (umoci, no container engine; see docs/install.md),
+# then their checks: non-root numeric user, entrypoint, no shell, the binaries run from the
+# unpacked root filesystem. Warm: well under a minute.
+build_images() { "$ROOT/scripts/tools.sh" images && "$ROOT/scripts/images.sh"; }
+phase "images (scripts/images.sh)" build_images
 phase "e2e test build" cargo test -p inputbot-e2e --no-run
+phase "image checks (--test images)" cargo test -p inputbot-e2e --test images
 # A hung test (a client stuck in a destructor, a watch that never ends) must not hang CI.
 phase "e2e tier (cargo test -p inputbot-e2e)" \
   timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-1200}" cargo test -p inputbot-e2e -- "$@"

@@ -3,7 +3,7 @@
 # registries only, cached under ~/.cache/inputbot/<tool>-<version>/.
 #
 #   scripts/tools.sh            build/install whatever is missing (warm: a few seconds)
-#   scripts/tools.sh TOOL...    only these (kube kubectl etcd kwok helm kafka)
+#   scripts/tools.sh TOOL...    only these (kube kubectl etcd kwok helm kafka images)
 #   scripts/tools.sh paths      print `export INPUTBOT_…=…` lines for the binaries (no build)
 #   scripts/tools.sh check      exit non-zero unless every tool is already cached
 #
@@ -20,6 +20,8 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.21.4
 KAFKA_VERSION=4.2.0          # org.apache.kafka:kafka_2.13 (KRaft)
 LOG4J_VERSION=2.25.2
+UMOCI_VERSION=0.4.7          # Debian's umoci (apt): builds the container images, no daemon
+SKOPEO_VERSION=1.9.3         # Debian's skopeo (apt): reads them back as other tools do
 # -----------------------------------------------------------------------------
 
 CACHE="${INPUTBOT_CACHE:-$HOME/.cache/inputbot}"
@@ -41,8 +43,11 @@ KUBECTL_DIR="$CACHE/kubectl-$K8S_VERSION"
 KWOK_DIR="$CACHE/kwok-$KWOK_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
 KAFKA_DIR="$CACHE/kafka-$KAFKA_VERSION"
+# umoci and skopeo come from Debian's archive into /usr/bin; the directory holds only a stamp.
+IMAGES_DIR="$CACHE/images-umoci-$UMOCI_VERSION-skopeo-$SKOPEO_VERSION"
+IMAGES_BINS=(/usr/bin/umoci /usr/bin/skopeo)
 
-ALL_TOOLS=(kube kubectl etcd kwok helm kafka)
+ALL_TOOLS=(kube kubectl etcd kwok helm kafka images)
 
 log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -56,6 +61,7 @@ stamp_of() {
     kwok) echo "$KWOK_DIR/.stamp" ;;
     helm) echo "$HELM_DIR/.stamp" ;;
     kafka) echo "$KAFKA_DIR/.stamp" ;;
+    images) echo "$IMAGES_DIR/.stamp" ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }
@@ -75,6 +81,8 @@ export INPUTBOT_KWOK_STAGES='$KWOK_DIR/stages.yaml'
 export INPUTBOT_HELM='$HELM_DIR/helm'
 export INPUTBOT_KAFKA_LIBS='$KAFKA_DIR/libs'
 export INPUTBOT_K8S_VERSION='$K8S_VERSION'
+export INPUTBOT_UMOCI='/usr/bin/umoci'
+export INPUTBOT_SKOPEO='/usr/bin/skopeo'
 EOP
 }
 
@@ -275,6 +283,34 @@ install_kafka() {
     || die "kafka: kafka.tools.StorageTool does not run from $KAFKA_DIR/libs"
 }
 
+# System packages from Debian's archive, pinned by upstream version: installed with apt only
+# when missing or of another version (apt needs root, as CI and sessions are here).
+apt_install() {  # package version
+  local have
+  have="$(dpkg-query -W -f '${Version}' "$1" 2>/dev/null || true)"
+  [[ "$have" == "$2"* ]] && return 0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1=$2*" >&2 \
+    || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1=$2*" >&2; } \
+    || die "images: apt-get install $1=$2* failed"
+}
+
+install_images() {
+  need apt-get images "a Debian system with apt"
+  apt_install umoci "$UMOCI_VERSION"
+  apt_install skopeo "$SKOPEO_VERSION"
+  mkdir -p "$IMAGES_DIR"
+  local out
+  out="$(/usr/bin/umoci --version 2>&1)" || die "images: /usr/bin/umoci does not run: $out"
+  [[ "$out" == *"version $UMOCI_VERSION"* ]] || die "images: umoci reports '$out', expected $UMOCI_VERSION"
+  out="$(/usr/bin/skopeo --version 2>&1)" || die "images: /usr/bin/skopeo does not run: $out"
+  [[ "$out" == *"version $SKOPEO_VERSION"* ]] || die "images: skopeo reports '$out', expected $SKOPEO_VERSION"
+}
+
+images_present() {
+  local b
+  for b in "${IMAGES_BINS[@]}"; do [[ -x "$b" ]] || return 1; done
+}
+
 fmt_secs() { printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); }
 
 # Runs one install in a subshell with its output in $LOGS/<tool>.log; writes the
@@ -282,6 +318,8 @@ fmt_secs() { printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); }
 provision() {
   local tool="$1" stamp start rc=0
   stamp="$(stamp_of "$tool")"
+  # A system package can be removed behind the cache's back: then its stamp is stale.
+  if [[ "$tool" == images ]] && ! images_present; then rm -f "$stamp"; fi
   if [[ -f "$stamp" ]]; then
     log "$tool: cached ($(dirname "$stamp"))"
     return 0
@@ -305,7 +343,8 @@ main() {
     check)
       local t missing=0
       for t in "${ALL_TOOLS[@]}"; do
-        [[ -f "$(stamp_of "$t")" ]] || { log "$t: not installed"; missing=1; }
+        [[ -f "$(stamp_of "$t")" ]] || { log "$t: not installed"; missing=1; continue; }
+        [[ "$t" != images ]] || images_present || { log "$t: stamp without ${IMAGES_BINS[*]}"; missing=1; }
       done
       return "$missing" ;;
     -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
@@ -323,7 +362,7 @@ main() {
   done
   for t in "${tools[@]}"; do
     case "$t" in
-      kube|kubectl|etcd|kwok|helm) provision "$t" || failed+=("$t") ;;
+      kube|kubectl|etcd|kwok|helm|images) provision "$t" || failed+=("$t") ;;
     esac
   done
   local i

@@ -37,6 +37,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use autoscaler::{KEDA_GROUP, scaled_object_resource};
+/// The runtime image's user (images/Dockerfile, scripts/images.sh), which the rendered
+/// Deployments run as.
+pub use component::RUNTIME_UID;
 pub use plan::{
     AutoscalingState, BindingInputs, Capabilities, PipelineInputs, Plan, PlanError, plan_binding,
     plan_bot, plan_pipeline, render_files,

@@ -34,6 +34,7 @@ use serde_json::Value;
 
 pub mod helm;
 pub mod identity;
+pub mod images;
 pub mod operator;
 pub mod pod;
 pub mod receiver;
