@@ -19,13 +19,15 @@ fn repo(path: &str) -> String {
 fn validate_passes_every_example() {
     let mut cmd = inputbot();
     cmd.arg("validate");
-    for name in [
-        "quickstart",
-        "github-triage",
-        "support-to-crm",
-        "status-page",
-    ] {
-        cmd.arg("-f").arg(repo(&format!("examples/{name}.yaml")));
+    let mut files: Vec<_> = std::fs::read_dir(repo("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    for file in &files {
+        cmd.arg("-f").arg(file);
     }
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
