@@ -148,7 +148,7 @@ impl SmsImpl {
             _ => preview(&answer.body),
         };
         let code = answer.status;
-        if code == 429 || code >= 500 || code < 400 {
+        if code == 429 || !(400..500).contains(&code) {
             return answer.status_error("sms: ", &self.target, &detail);
         }
         AttemptError {
