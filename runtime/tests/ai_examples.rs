@@ -43,6 +43,8 @@ fn example(name: &str, model: &str, target: Option<&Target>) -> String {
 #[derive(Clone, Default)]
 struct Model {
     requests: Arc<Mutex<Vec<Value>>>,
+    /// Answer this text to everything instead (a model that ignores the schema).
+    garbage: Option<&'static str>,
 }
 
 async fn complete(State(model): State<Model>, Json(request): Json<Value>) -> Json<Value> {
@@ -74,17 +76,27 @@ async fn complete(State(model): State<Model>, Json(request): Json<Value>) -> Jso
         "sentiment" => json!({"sentiment": "positive", "score": 0.8, "reason": "praise"}),
         other => panic!("unexpected schema name {other:?}"),
     };
+    let content = model
+        .garbage
+        .map_or_else(|| answer.to_string(), str::to_owned);
     Json(json!({
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "llama3.1:8b",
         "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": answer.to_string(), "refusal": null}}],
+                     "message": {"role": "assistant", "content": content, "refusal": null}}],
         "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
     }))
 }
 
 impl Model {
     async fn start() -> (Self, String) {
-        let model = Model::default();
+        Self::start_with(None).await
+    }
+
+    async fn start_with(garbage: Option<&'static str>) -> (Self, String) {
+        let model = Model {
+            garbage,
+            ..Model::default()
+        };
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
             .with_state(model.clone());
@@ -176,6 +188,40 @@ async fn the_ticket_intent_example_routes_on_the_models_answer_and_posts_urgent_
     );
     assert!(!text.contains("change-me-llm-api-key"));
     engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_model_that_ignores_the_schema_dead_letters_the_ticket_with_class_model_output() {
+    let (model, model_url) = Model::start_with(Some("The intent is billing, I think.")).await;
+    let teams = Target::start(Behaviour::Ok).await;
+    let (engine, dir) = start(&example("ai-ticket-intent", &model_url, Some(&teams))).await;
+    let url = format!("http://{}/tickets", engine.addr().unwrap());
+    let ticket = json!({"id": 1, "subject": "Charged twice", "text": "I was billed twice."});
+    assert_eq!(
+        post_json(&url, Some("change-me-intake-token"), ticket).await,
+        202
+    );
+    assert!(engine.settle(Duration::from_secs(20)).await);
+    assert_eq!(model.requests().len(), 2, "asked once more, then given up");
+    assert!(teams.received().is_empty());
+    engine.shutdown().await;
+    let dead = inputbot_runtime::dlq::read(
+        &dir.path()
+            .join("dlq/inputbot.default.ticket-intent.dlq.jsonl"),
+    )
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error.class, "model-output");
+    assert_eq!(dead[0].failed_at.name, "intent");
+    assert!(
+        dead[0].error.message.contains("not JSON"),
+        "{}",
+        dead[0].error.message
+    );
+    assert_eq!(dead[0].event.data["id"], 1);
+    assert!(dead[0].event.data.get("ai").is_none());
+    let record = serde_json::to_string(&dead[0]).unwrap();
+    assert!(!record.contains("change-me-llm-api-key"));
 }
 
 #[tokio::test]
