@@ -326,7 +326,8 @@ pub struct Delivery {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
-    /// Attempts in all, the first included. Defaults to 5; 1 means no retries.
+    /// Attempts in all, the first included. Defaults to 5 (3 in an `ai` step); 1 means no
+    /// retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: Option<u32>,
@@ -336,7 +337,7 @@ pub struct Retry {
     /// Delay before the first retry. Defaults to 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_delay: Option<Duration>,
-    /// Longest delay between attempts. Defaults to 60s.
+    /// Longest delay between attempts. Defaults to 60s (10s in an `ai` step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delay: Option<Duration>,
     /// Randomize each delay between half and all of its value ("equal jitter"), so that many
