@@ -1,5 +1,5 @@
-//! `ActionBinding`: what to do with processed events (call an HTTP API, post to chat, send
-//! mail, write to Kafka, or log), with one resilience policy per action.
+//! `ActionBinding`: what to do with processed events (call an HTTP API, post to Slack or
+//! Teams, send mail or SMS, write to Kafka, or log), with one resilience policy per action.
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -9,6 +9,7 @@ use crate::common::{
     CommonStatus, DeletionPolicy, Duration, Headers, LocalRef, RateLimit, SecretKeyRef,
     TopicSettings, TopicStatus, Workload,
 };
+pub use crate::messaging::{SmsAction, TeamsAction, TeamsFact};
 
 /// An action bound to a pipeline's output (or a bot's raw events): each matching event is
 /// delivered by the action, retried by the delivery policy, and dead-lettered with the reason
@@ -65,7 +66,7 @@ pub struct ActionBindingSpec {
 /// One action; exactly one kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.slack), has(self.email), has(self.kafka), has(self.log)].filter(x, x).size() == 1").message("set exactly one of http, slack, email, kafka or log"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.slack), has(self.email), has(self.kafka), has(self.log), has(self.teams), has(self.sms)].filter(x, x).size() == 1").message("set exactly one of http, slack, email, kafka, log, teams or sms"))]
 pub struct Action {
     /// Call an HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +83,12 @@ pub struct Action {
     /// Write a line to the runtime's log (useful to try a bot locally).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogAction>,
+    /// Post an Adaptive Card to a Microsoft Teams incoming webhook or Workflows URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<TeamsAction>,
+    /// Send a text message through Twilio's Messages API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsAction>,
 }
 
 /// The kind of an action, borrowed from it.
@@ -97,6 +104,10 @@ pub enum ActionKind<'a> {
     Kafka(&'a KafkaAction),
     /// Log line.
     Log(&'a LogAction),
+    /// Microsoft Teams card.
+    Teams(&'a TeamsAction),
+    /// Text message.
+    Sms(&'a SmsAction),
 }
 
 impl ActionKind<'_> {
@@ -108,6 +119,8 @@ impl ActionKind<'_> {
             ActionKind::Email(_) => "email",
             ActionKind::Kafka(_) => "kafka",
             ActionKind::Log(_) => "log",
+            ActionKind::Teams(_) => "teams",
+            ActionKind::Sms(_) => "sms",
         }
     }
 }
@@ -121,6 +134,8 @@ impl Action {
             self.email.as_ref().map(ActionKind::Email),
             self.kafka.as_ref().map(ActionKind::Kafka),
             self.log.as_ref().map(ActionKind::Log),
+            self.teams.as_ref().map(ActionKind::Teams),
+            self.sms.as_ref().map(ActionKind::Sms),
         ];
         let mut set = kinds.into_iter().flatten();
         match (set.next(), set.next()) {
@@ -311,7 +326,8 @@ pub struct Delivery {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retry {
-    /// Attempts in all, the first included. Defaults to 5; 1 means no retries.
+    /// Attempts in all, the first included. Defaults to 5 (3 in an `ai` step); 1 means no
+    /// retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: Option<u32>,
@@ -321,7 +337,7 @@ pub struct Retry {
     /// Delay before the first retry. Defaults to 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_delay: Option<Duration>,
-    /// Longest delay between attempts. Defaults to 60s.
+    /// Longest delay between attempts. Defaults to 60s (10s in an `ai` step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_delay: Option<Duration>,
     /// Randomize each delay between half and all of its value ("equal jitter"), so that many

@@ -16,7 +16,7 @@ use std::{fmt, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    binding::{Action, Backoff, Notify},
+    binding::{Action, Backoff, Notify, Retry},
     bot::Source,
     common::RateLimit,
     pipeline::Step,
@@ -197,6 +197,46 @@ pub fn exponential_backoff(initial: Duration, doublings: u32, max: Duration) -> 
 }
 
 impl RetryPolicy {
+    /// The policy a `retry` spec asks for, every unset field defaulted: `default_attempts`
+    /// attempts, exponential backoff from 1s up to `default_max_delay` with jitter, on `429`,
+    /// `5xx`, timeouts and connection failures, honouring `Retry-After`. Used by bindings and
+    /// by the `ai` step.
+    pub fn from_spec(
+        retry: Option<&Retry>,
+        default_attempts: u32,
+        default_max_delay: Duration,
+    ) -> Self {
+        let dur = |d: Option<&crate::common::Duration>, default: Duration| {
+            d.and_then(|d| d.to_std().ok()).unwrap_or(default)
+        };
+        RetryPolicy {
+            max_attempts: retry
+                .and_then(|r| r.max_attempts)
+                .unwrap_or(default_attempts),
+            backoff: retry
+                .and_then(|r| r.backoff)
+                .unwrap_or(Backoff::Exponential),
+            initial_delay: dur(
+                retry.and_then(|r| r.initial_delay.as_ref()),
+                Duration::from_secs(1),
+            ),
+            max_delay: dur(retry.and_then(|r| r.max_delay.as_ref()), default_max_delay),
+            jitter: retry.and_then(|r| r.jitter).unwrap_or(true),
+            retry_on: retry
+                .and_then(|r| r.retry_on.as_ref())
+                .map(|entries| entries.iter().filter_map(|e| e.parse().ok()).collect())
+                .unwrap_or_else(|| {
+                    vec![
+                        RetryOn::Status(429),
+                        RetryOn::Class(5),
+                        RetryOn::Timeout,
+                        RetryOn::Connection,
+                    ]
+                }),
+            honor_retry_after: retry.and_then(|r| r.honor_retry_after).unwrap_or(true),
+        }
+    }
+
     /// The delay before retry number `retry` (1 for the first retry), before jitter.
     pub fn base_delay(&self, retry: u32) -> Duration {
         match self.backoff {

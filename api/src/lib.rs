@@ -13,6 +13,7 @@
 //! Nothing here talks to a cluster or a broker; the operator and the runtime depend on this
 //! crate, never on each other.
 
+pub mod ai;
 pub mod binding;
 pub mod bot;
 pub mod common;
@@ -21,6 +22,7 @@ pub mod crd;
 pub mod defaults;
 pub mod expr;
 pub mod manifest;
+pub mod messaging;
 pub mod names;
 pub mod resolve;
 pub mod validate;

@@ -1,10 +1,11 @@
 //! `Pipeline`: the steps each event of a bot goes through (validate, transform, enrich,
-//! classify, filter) and how the process Deployment runs.
+//! classify, filter, ai) and how the process Deployment runs.
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::ai::AiStep;
 use crate::common::{
     CommonStatus, DeletionPolicy, Duration, Headers, LocalRef, TopicSettings, TopicStatus,
     Workload, any_object,
@@ -52,7 +53,7 @@ pub struct PipelineSpec {
 /// One step; exactly one kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.validate), has(self.transform), has(self.enrich), has(self.classify), has(self.filter)].filter(x, x).size() == 1").message("set exactly one of validate, transform, enrich, classify or filter"))]
+#[x_kube(validation = Rule::new("[has(self.validate), has(self.transform), has(self.enrich), has(self.classify), has(self.filter), has(self.ai)].filter(x, x).size() == 1").message("set exactly one of validate, transform, enrich, classify, filter or ai"))]
 pub struct Step {
     /// Name used in metrics, logs and dead-letter records. Defaults to `<kind>-<position>`,
     /// e.g. `transform-2`.
@@ -77,6 +78,10 @@ pub struct Step {
     /// Keep only events for which a CEL condition holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterStep>,
+    /// Ask a language model (an OpenAI-compatible Chat Completions API) and store its JSON
+    /// answer under a field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiStep>,
 }
 
 /// The kind of a step, borrowed from it.
@@ -92,6 +97,8 @@ pub enum StepKind<'a> {
     Classify(&'a ClassifyStep),
     /// CEL filter.
     Filter(&'a FilterStep),
+    /// Language-model call.
+    Ai(&'a AiStep),
 }
 
 impl StepKind<'_> {
@@ -103,6 +110,7 @@ impl StepKind<'_> {
             StepKind::Enrich(_) => "enrich",
             StepKind::Classify(_) => "classify",
             StepKind::Filter(_) => "filter",
+            StepKind::Ai(_) => "ai",
         }
     }
 }
@@ -116,6 +124,7 @@ impl Step {
             self.enrich.as_ref().map(StepKind::Enrich),
             self.classify.as_ref().map(StepKind::Classify),
             self.filter.as_ref().map(StepKind::Filter),
+            self.ai.as_ref().map(StepKind::Ai),
         ];
         let mut set = kinds.into_iter().flatten();
         match (set.next(), set.next()) {

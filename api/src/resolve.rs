@@ -8,10 +8,9 @@ use kube::ResourceExt;
 
 use crate::{
     ActionBinding, InputBot, Pipeline,
-    binding::Backoff,
     config::{
         ActConfig, BreakerPolicy, DeliveryPolicy, IngestConfig, NamedStep, ProcessConfig, Resolved,
-        ResourceId, RetryOn, RetryPolicy,
+        ResourceId, RetryPolicy,
     },
     defaults::namespace_of as namespace,
     manifest::ResourceSet,
@@ -95,36 +94,9 @@ pub fn resolve_binding(b: &ActionBinding) -> ActConfig {
         (None, None) => String::new(),
     };
     let delivery = b.spec.delivery.clone().unwrap_or_default();
-    let retry = delivery.retry.unwrap_or(crate::binding::Retry {
-        max_attempts: None,
-        backoff: None,
-        initial_delay: None,
-        max_delay: None,
-        jitter: None,
-        retry_on: None,
-        honor_retry_after: None,
-    });
+    let retry = RetryPolicy::from_spec(delivery.retry.as_ref(), 5, Duration::from_secs(60));
     let dur = |d: Option<&crate::common::Duration>, default: Duration| {
         d.and_then(|d| d.to_std().ok()).unwrap_or(default)
-    };
-    let retry = RetryPolicy {
-        max_attempts: retry.max_attempts.unwrap_or(5),
-        backoff: retry.backoff.unwrap_or(Backoff::Exponential),
-        initial_delay: dur(retry.initial_delay.as_ref(), Duration::from_secs(1)),
-        max_delay: dur(retry.max_delay.as_ref(), Duration::from_secs(60)),
-        jitter: retry.jitter.unwrap_or(true),
-        retry_on: retry
-            .retry_on
-            .map(|entries| entries.iter().filter_map(|e| e.parse().ok()).collect())
-            .unwrap_or_else(|| {
-                vec![
-                    RetryOn::Status(429),
-                    RetryOn::Class(5),
-                    RetryOn::Timeout,
-                    RetryOn::Connection,
-                ]
-            }),
-        honor_retry_after: retry.honor_retry_after.unwrap_or(true),
     };
     let cb = delivery.circuit_breaker;
     let circuit_breaker = BreakerPolicy {

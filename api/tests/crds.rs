@@ -175,14 +175,14 @@ fn cel_rules_reject_violations_with_their_messages() {
             json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "ActionBinding",
                                  "metadata": {"name": "x"},
                                  "spec": {"botRef": {"name": "b"}, "action": {"log": {}, "kafka": {"topic": "t"}}}}),
-            "set exactly one of http, slack, email, kafka or log",
+            "set exactly one of http, slack, email, kafka, log, teams or sms",
         ),
         (
             "Pipeline",
             json!({"apiVersion": "inputbot.dev/v1alpha1", "kind": "Pipeline",
                             "metadata": {"name": "p"},
                             "spec": {"botRef": {"name": "b"}, "steps": [{"filter": {"when": "true"}, "transform": {"jq": "."}}]}}),
-            "set exactly one of validate, transform, enrich, classify or filter",
+            "set exactly one of validate, transform, enrich, classify, filter or ai",
         ),
         (
             "Pipeline",

@@ -509,7 +509,7 @@ const CASES: &[Case] = &[
         "/spec/steps/0/filter",
         r#"{"when": "true"}"#,
         "spec.steps[0]",
-        "exactly one of validate, transform, enrich, classify or filter",
+        "exactly one of validate, transform, enrich, classify, filter or ai",
     ),
     set(
         "validate schema invalid",
@@ -637,7 +637,7 @@ const CASES: &[Case] = &[
         "/spec/action",
         "{}",
         "spec.action",
-        "exactly one of http, slack, email, kafka or log",
+        "exactly one of http, slack, email, kafka, log, teams or sms",
     ),
     set(
         "http method unknown",

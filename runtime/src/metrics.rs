@@ -74,6 +74,30 @@ pub struct PartitionLabels {
     pub partition: String,
 }
 
+/// Labels of language-model calls and cache lookups of an `ai` step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiLabels {
+    /// `namespace/name` of the Pipeline.
+    pub resource: String,
+    /// Step name.
+    pub step: String,
+    /// Calls: `ok` (an answer matching the schema), `invalid` (an answer that is not JSON or
+    /// does not match), `error` (no usable answer: a status, a timeout, a broken connection).
+    /// Cache lookups: `hit` or `miss`.
+    pub result: String,
+}
+
+/// Labels of token usage of an `ai` step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AiTokenLabels {
+    /// `namespace/name` of the Pipeline.
+    pub resource: String,
+    /// Step name.
+    pub step: String,
+    /// `prompt` or `completion`, as the server's `usage` reports them.
+    pub kind: String,
+}
+
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
@@ -107,6 +131,14 @@ pub struct Metrics {
     pub stage_seconds: Family<StageLabels, Histogram>,
     /// Events in flight per stage.
     pub in_flight: Family<StageLabels, Gauge>,
+    /// Language-model calls of `ai` steps, by result.
+    pub ai_calls: Family<AiLabels, Counter>,
+    /// Time of one language-model call (an attempt), whatever its result.
+    pub ai_call_seconds: Family<StageLabels, Histogram>,
+    /// Tokens the server reported in `usage`, by kind.
+    pub ai_tokens: Family<AiTokenLabels, Counter>,
+    /// Answer-cache lookups of `ai` steps, `hit` or `miss`.
+    pub ai_cache: Family<AiLabels, Counter>,
     /// Kafka: publish to delivery report.
     pub kafka_produce_seconds: Family<TopicLabels, Histogram>,
     /// Kafka: records the broker did not take.
@@ -141,6 +173,10 @@ impl Metrics {
             dropped: Family::default(),
             stage_seconds: Family::new_with_constructor(latency),
             in_flight: Family::default(),
+            ai_calls: Family::default(),
+            ai_call_seconds: Family::new_with_constructor(latency),
+            ai_tokens: Family::default(),
+            ai_cache: Family::default(),
             kafka_produce_seconds: Family::new_with_constructor(latency),
             kafka_produce_failures: Family::default(),
             kafka_commits: Family::default(),
@@ -211,6 +247,26 @@ impl Metrics {
             "events_in_flight",
             "Events being handled",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "ai_calls",
+            "Language-model calls of ai steps, by result",
+            m.ai_calls.clone(),
+        );
+        registry.register(
+            "ai_call_duration_seconds",
+            "Time of one language-model call",
+            m.ai_call_seconds.clone(),
+        );
+        registry.register(
+            "ai_tokens",
+            "Tokens language-model servers reported as used, by kind",
+            m.ai_tokens.clone(),
+        );
+        registry.register(
+            "ai_cache_lookups",
+            "Answer-cache lookups of ai steps, hit or miss",
+            m.ai_cache.clone(),
         );
         registry.register(
             "kafka_produce_duration_seconds",

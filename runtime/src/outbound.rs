@@ -1,12 +1,13 @@
-//! Outbound HTTP, the one place every call out of the runtime goes through: the http and
-//! slack actions, the pipeline's enrich step, the dead-letter notice and the poll source.
+//! Outbound HTTP, the one place every call out of the runtime goes through: the http, slack,
+//! teams and sms actions, the enrich and ai steps, the dead-letter notice and the poll source.
 //!
 //! It owns what they must all do the same way:
-//! - [`send`] / [`send_request`]: one exchange under one timeout (connect, request, response
-//!   body), with every failure classified for the retry policy ([`failure_class`]): timeout →
-//!   [`FailureClass::Timeout`]; cannot connect, connection broke → [`FailureClass::Connection`];
-//!   non-2xx → [`FailureClass::Status`] with [`Retry-After`](parse_retry_after); a request that
-//!   cannot be built, too many redirects, or a body over the limit → [`FailureClass::Other`];
+//! - [`send`] / [`send_request`] (and [`exchange`], which hands back any answer): one
+//!   exchange under one timeout (connect, request, response body), with every failure
+//!   classified for the retry policy ([`failure_class`]): timeout → [`FailureClass::Timeout`];
+//!   cannot connect, connection broke → [`FailureClass::Connection`]; non-2xx →
+//!   [`FailureClass::Status`] with [`Retry-After`](parse_retry_after); a request that cannot be
+//!   built, too many redirects, or a body over the limit → [`FailureClass::Other`];
 //! - [`read_limited`]: response bodies are read up to a limit, so memory stays bounded;
 //! - [`redact_url`]: the one rule for showing a URL in a message, a log or `Debug` output —
 //!   without query, fragment, user name and password, any of which may carry a credential;
@@ -187,11 +188,72 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 /// when the URL itself is a credential).
 pub async fn send_request(
     client: &reqwest::Client,
-    mut request: reqwest::Request,
+    request: reqwest::Request,
     timeout: Duration,
     prefix: &str,
     target: &str,
 ) -> Result<(u16, HeaderMap, Bytes), AttemptError> {
+    let answer = exchange(client, request, timeout, prefix, target).await?;
+    if !(200..300).contains(&answer.status) {
+        return Err(answer.status_error(prefix, target, &preview(&answer.body)));
+    }
+    if !answer.complete {
+        return Err(AttemptError::new(
+            FailureClass::Other,
+            format!(
+                "{prefix}the answer from {target} is larger than {} MiB",
+                MAX_RESPONSE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok((answer.status, answer.headers, answer.body))
+}
+
+/// What the target answered, whatever the status.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body: up to [`MAX_RESPONSE_BYTES`] of a 2xx, [`ERROR_BODY_BYTES`] of another status.
+    pub body: Bytes,
+    /// Whether the whole body was read.
+    pub complete: bool,
+}
+
+impl Answer {
+    /// The error for a non-2xx answer: [`FailureClass::Status`] with the target's
+    /// `Retry-After`, and the message `<prefix>HTTP <code> from <target><detail>`.
+    pub fn status_error(&self, prefix: &str, target: &str, detail: &str) -> AttemptError {
+        let code = self.status;
+        let mut error =
+            AttemptError::status(code, format!("{prefix}HTTP {code} from {target}{detail}"));
+        if let Some(after) = self.retry_after() {
+            error = error.with_retry_after(after);
+        }
+        error
+    }
+
+    /// The `Retry-After` the target sent, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+    }
+}
+
+/// One exchange under `timeout` (connect, request, response body), whatever the status: for
+/// callers that read an error answer themselves (the sms action reads Twilio's error codes).
+/// Timeouts, connection and request failures are classified as in [`send_request`].
+pub async fn exchange(
+    client: &reqwest::Client,
+    mut request: reqwest::Request,
+    timeout: Duration,
+    prefix: &str,
+    target: &str,
+) -> Result<Answer, AttemptError> {
     *request.timeout_mut() = Some(timeout);
     let exchange = async {
         let response = client.execute(request).await?;
@@ -203,7 +265,12 @@ pub async fn send_request(
             ERROR_BODY_BYTES
         };
         let (body, complete) = read_limited(response, limit).await?;
-        Ok::<_, reqwest::Error>((status, headers, body, complete))
+        Ok::<_, reqwest::Error>(Answer {
+            status: status.as_u16(),
+            headers,
+            body,
+            complete,
+        })
     };
     let timed_out = || {
         AttemptError::new(
@@ -211,12 +278,12 @@ pub async fn send_request(
             format!("{prefix}no answer from {target} within {}", human(timeout)),
         )
     };
-    let (status, headers, body, complete) = match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => return Err(timed_out()),
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(timed_out()),
         Ok(Err(e)) => {
             // The URL may carry credentials (a Slack webhook, a query token): never quoted.
             let e = e.without_url();
-            return Err(if e.is_timeout() {
+            Err(if e.is_timeout() {
                 timed_out()
             } else if e.is_builder() || e.is_redirect() {
                 AttemptError::new(
@@ -228,35 +295,10 @@ pub async fn send_request(
                     FailureClass::Connection,
                     format!("{prefix}cannot reach {target}: {}", chain(&e)),
                 )
-            });
+            })
         }
-        Ok(Ok(exchange)) => exchange,
-    };
-    let code = status.as_u16();
-    if !status.is_success() {
-        let mut error = AttemptError::status(
-            code,
-            format!("{prefix}HTTP {code} from {target}{}", preview(&body)),
-        );
-        if let Some(after) = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after)
-        {
-            error = error.with_retry_after(after);
-        }
-        return Err(error);
+        Ok(Ok(answer)) => Ok(answer),
     }
-    if !complete {
-        return Err(AttemptError::new(
-            FailureClass::Other,
-            format!(
-                "{prefix}the answer from {target} is larger than {} MiB",
-                MAX_RESPONSE_BYTES / (1024 * 1024)
-            ),
-        ));
-    }
-    Ok((code, headers, body))
 }
 
 /// Reads at most `limit` bytes of the body; `false` when there was more.

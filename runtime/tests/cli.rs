@@ -19,13 +19,15 @@ fn repo(path: &str) -> String {
 fn validate_passes_every_example() {
     let mut cmd = inputbot();
     cmd.arg("validate");
-    for name in [
-        "quickstart",
-        "github-triage",
-        "support-to-crm",
-        "status-page",
-    ] {
-        cmd.arg("-f").arg(repo(&format!("examples/{name}.yaml")));
+    let mut files: Vec<_> = std::fs::read_dir(repo("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    for file in &files {
+        cmd.arg("-f").arg(file);
     }
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -219,4 +221,69 @@ fn dlq_inspect_never_prints_a_senders_terminal_escapes() {
     );
     assert!(text.contains(r"evil\u{1b}]0;owned"), "{text}");
     assert_eq!(text.lines().count(), 2, "{text}");
+}
+
+#[test]
+fn validate_rejects_a_broken_ai_step_teams_and_sms_action_naming_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: inputbot.dev/v1alpha1
+kind: InputBot
+metadata: {name: b}
+spec:
+  sources: [{name: hook, webhook: {path: /hook, auth: {none: {}}}}]
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: Pipeline
+metadata: {name: p}
+spec:
+  botRef: {name: b}
+  steps:
+    - ai:
+        url: http://127.0.0.1:11434/v1/chat/completions
+        model: llama3.1
+        userPrompt: "{{ data.text"
+        responseSchema: {type: array}
+        resultField: ai
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: ActionBinding
+metadata: {name: t}
+spec:
+  pipelineRef: {name: p}
+  action:
+    teams: {webhookSecretRef: {name: teams, key: url}, text: "{{ nope }}"}
+---
+apiVersion: inputbot.dev/v1alpha1
+kind: ActionBinding
+metadata: {name: s}
+spec:
+  pipelineRef: {name: p}
+  action:
+    sms:
+      accountSidSecretRef: {name: twilio, key: sid}
+      authTokenSecretRef: {name: twilio, key: token}
+      from: "+15005550006"
+      to: "0151-123"
+      body: hi
+"#,
+    )
+    .unwrap();
+    let out = inputbot()
+        .args(["validate", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "Pipeline default/p: spec.steps[0].ai.userPrompt: template has '{{' at offset 0 without a closing '}}'",
+        "Pipeline default/p: spec.steps[0].ai.responseSchema: the answer must be a JSON object",
+        "ActionBinding default/t: spec.action.teams.text: in template",
+        "ActionBinding default/s: spec.action.sms.to: expected a phone number in E.164 form",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
 }

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use super::{Checker, fields::is_header_name};
 use crate::{
     ActionBinding,
-    binding::{Action, ActionKind, Body, Delivery, Notify, SlackAction},
+    binding::{Action, ActionKind, Body, Delivery, Notify, Retry, SlackAction},
     config::RetryOn,
     defaults::{self, DEFAULT_PARTITIONS},
     expr::Scope,
@@ -83,7 +83,10 @@ impl Checker<'_> {
 
     fn action(&mut self, f: &str, action: &Action) {
         let Some(kind) = action.kind() else {
-            self.error(f, "set exactly one of http, slack, email, kafka or log");
+            self.error(
+                f,
+                "set exactly one of http, slack, email, kafka, log, teams or sms",
+            );
             return;
         };
         match kind {
@@ -136,6 +139,8 @@ impl Checker<'_> {
                     self.template(&format!("{f}.log.template"), t, Scope::Event);
                 }
             }
+            ActionKind::Teams(t) => self.teams(&format!("{f}.teams"), t),
+            ActionKind::Sms(s) => self.sms(&format!("{f}.sms"), s),
         }
     }
 
@@ -153,32 +158,36 @@ impl Checker<'_> {
         self.positive_duration(&format!("{f}.timeout"), s.timeout.as_ref());
     }
 
+    /// A retry policy (of a binding's delivery or an `ai` step).
+    pub(super) fn retry(&mut self, f: &str, r: &Retry) {
+        let initial = self.duration(&format!("{f}.initialDelay"), r.initial_delay.as_ref());
+        let max = self.duration(&format!("{f}.maxDelay"), r.max_delay.as_ref());
+        if let (Some(i), Some(m)) = (initial, max)
+            && i > m
+        {
+            self.error(
+                &format!("{f}.initialDelay"),
+                format!(
+                    "initialDelay ({}) must not exceed maxDelay ({})",
+                    r.initial_delay.as_ref().map_or("", |d| &d.0),
+                    r.max_delay.as_ref().map_or("", |d| &d.0)
+                ),
+            );
+        }
+        if r.max_attempts == Some(0) {
+            self.error(&format!("{f}.maxAttempts"), "expected at least 1 attempt");
+        }
+        for (i, entry) in r.retry_on.iter().flatten().enumerate() {
+            self.check(
+                &format!("{f}.retryOn[{i}]"),
+                RetryOn::from_str(entry).map(|_| ()),
+            );
+        }
+    }
+
     fn delivery(&mut self, f: &str, d: &Delivery) {
         if let Some(r) = &d.retry {
-            let f = format!("{f}.retry");
-            let initial = self.duration(&format!("{f}.initialDelay"), r.initial_delay.as_ref());
-            let max = self.duration(&format!("{f}.maxDelay"), r.max_delay.as_ref());
-            if let (Some(i), Some(m)) = (initial, max)
-                && i > m
-            {
-                self.error(
-                    &format!("{f}.initialDelay"),
-                    format!(
-                        "initialDelay ({}) must not exceed maxDelay ({})",
-                        r.initial_delay.as_ref().map_or("", |d| &d.0),
-                        r.max_delay.as_ref().map_or("", |d| &d.0)
-                    ),
-                );
-            }
-            if r.max_attempts == Some(0) {
-                self.error(&format!("{f}.maxAttempts"), "expected at least 1 attempt");
-            }
-            for (i, entry) in r.retry_on.iter().flatten().enumerate() {
-                self.check(
-                    &format!("{f}.retryOn[{i}]"),
-                    RetryOn::from_str(entry).map(|_| ()),
-                );
-            }
+            self.retry(&format!("{f}.retry"), r);
         }
         if let Some(cb) = &d.circuit_breaker {
             let f = format!("{f}.circuitBreaker");

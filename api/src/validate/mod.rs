@@ -13,13 +13,19 @@
 //!   fields.rs    checks shared by every kind: names, durations, Secrets, headers, URLs, expressions
 //!   bot.rs       InputBot: sources, webhook auth, poll, schedule
 //!   pipeline.rs  Pipeline: steps and the bot it reads
+//!   ai.rs        the ai step: endpoint, API key, prompts, the answer's schema, retry, cache
 //!   binding.rs   ActionBinding: the reference, when, the action, delivery, notify
+//!   messaging.rs the teams and sms actions: Secrets, templates, phone numbers
 //! ```
 
+mod ai;
 mod binding;
 mod bot;
 mod fields;
+mod messaging;
 mod pipeline;
+
+pub use messaging::check_e164;
 
 use std::fmt;
 

@@ -35,7 +35,7 @@ impl<'a> Checker<'a> {
             let Some(kind) = step.kind() else {
                 self.error(
                     &f,
-                    "set exactly one of validate, transform, enrich, classify or filter",
+                    "set exactly one of validate, transform, enrich, classify, filter or ai",
                 );
                 continue;
             };
@@ -76,6 +76,7 @@ impl<'a> Checker<'a> {
                 StepKind::Filter(flt) => {
                     self.cel(&format!("{f}.filter.when"), &flt.when, Scope::Event)
                 }
+                StepKind::Ai(ai) => self.ai(&format!("{f}.ai"), ai),
             }
         }
         if let Some(proc_) = &p.spec.processing {

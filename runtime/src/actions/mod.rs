@@ -12,6 +12,7 @@
 //! | SMTP transient reply (4xx: 421, 450, 451, 452, …) | [`FailureClass::Connection`] | yes |
 //! | SMTP permanent reply (5xx: 550, 553, 554, …) | [`FailureClass::Other`] | no |
 //! | a body, URL, text, subject or jq that cannot be evaluated for this event | [`FailureClass::Other`] | no |
+//! | Twilio: a `4xx` other than `429` (a refused number, wrong credentials) | [`FailureClass::Other`] with the status | no |
 //!
 //! SMTP replies are *not* mapped to [`FailureClass::Status`]: `retryOn` speaks HTTP, where `5xx`
 //! means "try again" and `4xx` "do not", while SMTP means the opposite (`4xx` transient, `5xx`
@@ -34,6 +35,8 @@
 //!   slack.rs  the slack action (webhook URL from a Secret)
 //!   email.rs  the email action (SMTP; transient and permanent replies)
 //!   log.rs    the log action (a line on stdout)
+//!   teams.rs  the teams action (an Adaptive Card; webhook URL from a Secret)
+//!   sms.rs    the sms action (Twilio's Messages API; errors classified from Twilio's answer)
 //! ```
 //!
 //! Sending, failure classification, `Retry-After` and URL redaction live in
@@ -43,6 +46,8 @@ mod email;
 mod http;
 mod log;
 mod slack;
+mod sms;
+mod teams;
 #[cfg(test)]
 mod tests;
 
@@ -55,7 +60,10 @@ use inputbot_api::{
     config::FailureClass,
 };
 
-use self::{email::EmailImpl, http::HttpImpl, log::LogImpl, slack::SlackImpl};
+use self::{
+    email::EmailImpl, http::HttpImpl, log::LogImpl, slack::SlackImpl, sms::SmsImpl,
+    teams::TeamsImpl,
+};
 pub use crate::outbound::{MAX_RESPONSE_BYTES, parse_retry_after, resolve_headers, send};
 use crate::{
     delivery::AttemptError,
@@ -73,7 +81,7 @@ pub const DEFAULT_IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// One action of an ActionBinding, compiled once (templates, jq, secrets, SMTP transport) and run
 /// per attempt.
 pub trait ActionImpl: Send + Sync {
-    /// `http`, `slack`, `email`, `kafka`, `log`.
+    /// `http`, `slack`, `email`, `kafka`, `log`, `teams`, `sms`.
     fn kind(&self) -> &'static str;
     /// One attempt to deliver `event` (attempt is 1-based). Errors are classified for the retry
     /// policy.
@@ -106,7 +114,7 @@ pub enum BuildError {
         topic: String,
     },
     /// Zero or several action kinds are set.
-    #[error("action: set exactly one of http, slack, email, kafka or log")]
+    #[error("action: set exactly one of http, slack, email, kafka, log, teams or sms")]
     NoKind,
 }
 
@@ -131,6 +139,8 @@ pub fn build(
             topic: kafka.topic.clone(),
         }),
         ActionKind::Log(log) => Ok(Arc::new(LogImpl::build(log)?)),
+        ActionKind::Teams(teams) => Ok(Arc::new(TeamsImpl::build(teams, secrets, client)?)),
+        ActionKind::Sms(sms) => Ok(Arc::new(SmsImpl::build(sms, secrets, client)?)),
     }
 }
 

@@ -59,7 +59,7 @@ impl PipelineWorker {
     /// Compiles the pipeline.
     pub fn new(config: ProcessConfig, cx: &Context) -> Result<Arc<Self>, RoleError> {
         let secrets = cx.secrets.namespace(&config.pipeline.namespace);
-        let steps = Steps::build(&config, &secrets, cx.client.clone())?;
+        let steps = Steps::build(&config, &secrets, cx.client.clone(), cx.metrics.clone())?;
         let (bus, metrics) = (cx.bus.clone(), cx.metrics.clone());
         let label = resource_label(&config.pipeline);
         Ok(Arc::new(Self {

@@ -4,11 +4,14 @@
 //!  event ─▶ validate ─▶ transform ─▶ enrich ─▶ classify ─▶ filter ─▶ Continue(event)
 //!              │            │           │                     └──▶ Filtered (counted, not an error)
 //!              └────────────┴───────────┴──▶ Failed { step, class, message } → dead letter
-//! ```//!
-//! One file per step kind (`validate`, `transform`, `enrich`, `classify`, `filter`), each a
+//! ```
+//!
+//! One file (or folder) per step kind (`validate`, `transform`, `enrich`, `classify`, `filter`,
+//! `ai`), each a
 //! compiled type with `new` (from its spec) and `apply` (to one event, leaving the event as it
 //! was when it fails); this module compiles a pipeline's steps in order and runs them.
 
+mod ai;
 mod classify;
 mod enrich;
 mod filter;
@@ -18,9 +21,10 @@ mod validate;
 use inputbot_api::{config::ProcessConfig, expr::Limits, pipeline::StepKind};
 
 use self::{
-    classify::Classify, enrich::Enricher, filter::Filter, transform::Transform, validate::Validate,
+    ai::Ai, classify::Classify, enrich::Enricher, filter::Filter, transform::Transform,
+    validate::Validate,
 };
-use crate::{event::Event, secrets::Secrets};
+use crate::{event::Event, metrics::Metrics, secrets::Secrets};
 
 /// Why a pipeline could not be built (names the step and field).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +55,8 @@ pub enum StepOutcome {
         /// The step.
         step: String,
         /// `validation`, `transform`, `enrich`, `expression`, `budget` (an expression broke its
-        /// time, step or nesting limit).
+        /// time, step or nesting limit), `ai` (no usable answer from the model's server) or
+        /// `model-output` (the model's answer did not match the schema, twice).
         class: &'static str,
         /// What went wrong.
         message: String,
@@ -66,6 +71,7 @@ enum Compiled {
     Enrich(Box<Enricher>),
     Classify(Classify),
     Filter(Filter),
+    Ai(Box<Ai>),
 }
 
 struct Step {
@@ -88,12 +94,15 @@ impl std::fmt::Debug for Steps {
 }
 
 impl Steps {
-    /// Compiles every step (validated specs compile; errors name the field anyway).
+    /// Compiles every step (validated specs compile; errors name the field anyway). `metrics`
+    /// receives what steps count themselves (the ai step's calls, tokens and cache).
     pub fn build(
         config: &ProcessConfig,
         secrets: &Secrets,
         client: reqwest::Client,
+        metrics: std::sync::Arc<Metrics>,
     ) -> Result<Self, BuildError> {
+        let resource = format!("{}/{}", config.pipeline.namespace, config.pipeline.name);
         let err = |i: usize, field: &str, message: String| BuildError {
             pipeline: config.pipeline.to_string(),
             field: format!("spec.steps[{i}].{field}"),
@@ -122,6 +131,17 @@ impl Steps {
                 StepKind::Filter(f) => {
                     Compiled::Filter(Filter::new(&f.when).map_err(|e| err(i, "filter.when", e))?)
                 }
+                StepKind::Ai(a) => Compiled::Ai(Box::new(
+                    Ai::new(
+                        a,
+                        secrets,
+                        client.clone(),
+                        metrics.clone(),
+                        &resource,
+                        &named.name,
+                    )
+                    .map_err(|(field, m)| err(i, &format!("ai.{field}"), m))?,
+                )),
             };
             steps.push(Step {
                 name: named.name.clone(),
@@ -172,6 +192,11 @@ impl Steps {
                     }
                     Err(e) => Some((e.class("expression"), e.into(), None)),
                 },
+                Compiled::Ai(a) => a
+                    .apply(&mut event, self.limits)
+                    .await
+                    .err()
+                    .map(|f| (f.class, f.message, f.status)),
             };
             if let Some((class, message, status)) = failed {
                 return fail(event, class, message, status);

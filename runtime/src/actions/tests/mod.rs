@@ -1,9 +1,11 @@
 //! Tests of the actions, against a recording HTTP server and a fake SMTP server: the fixtures,
-//! slack, log, build errors and secrets here; http in `http.rs`, email in `email.rs`.
+//! slack, log, build errors and secrets here; http in `http.rs`, email in `email.rs`, teams and
+//! sms in `messaging.rs`.
 
 mod email;
 use email::email_spec;
 mod http;
+mod messaging;
 
 use std::{
     net::SocketAddr,
@@ -265,6 +267,14 @@ fn debug_of(spec: Value, secrets: &Secrets) -> String {
         ),
         ActionKind::Email(e) => format!("{:?}", EmailImpl::build(e, secrets).unwrap()),
         ActionKind::Log(l) => format!("{:?}", LogImpl::build(l).unwrap()),
+        ActionKind::Teams(t) => format!(
+            "{:?}",
+            TeamsImpl::build(t, secrets, reqwest::Client::new()).unwrap()
+        ),
+        ActionKind::Sms(s) => format!(
+            "{:?}",
+            SmsImpl::build(s, secrets, reqwest::Client::new()).unwrap()
+        ),
         ActionKind::Kafka(_) => unreachable!(),
     }
 }
