@@ -53,6 +53,10 @@ pub struct Context {
     /// Per child: the hash the operator applied and the revision the API server answered
     /// with. A child whose live revision and hash still match is not written again.
     pub applied: Mutex<HashMap<ChildKey, (String, String)>>,
+    /// Per Deployment: the generation of the operator's last write that changed it. A
+    /// Deployment whose controller has not observed that generation yet is still rolling
+    /// out; a later generation (an autoscaler's replica count) is not a rollout to wait for.
+    pub rollouts: Mutex<HashMap<ChildKey, i64>>,
     /// Per resource UID: the hash of the topics last ensured ready, when, and the message
     /// that check gave. Topics are ensured again when the request changes or the entry is
     /// older than [`TOPIC_RECHECK`].

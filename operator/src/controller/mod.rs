@@ -483,6 +483,11 @@ async fn apply_children(ctx: &Context, plan: &Plan) -> Result<()> {
                 "apply {} {}/{}",
                 ar.kind, plan.owner.namespace, name
             )))?;
+        if kind == ChildKind::Deployment
+            && let Some(g) = written.metadata.generation
+        {
+            ctx.rollouts.lock().expect("lock").insert(key.clone(), g);
+        }
         ctx.applied.lock().expect("lock").insert(
             key,
             (hash, written_revision(kind, written, manages_replicas)),
@@ -574,7 +579,15 @@ async fn workload_ready(ctx: &Context, plan: &Plan) -> (bool, String) {
             }
         };
         let status = d.status.clone().unwrap_or_default();
-        let generation = d.metadata.generation.unwrap_or(0);
+        // The generation this operator wrote: a later one is an autoscaler's replica count,
+        // which the counts below already judge.
+        let generation = ctx
+            .rollouts
+            .lock()
+            .expect("lock")
+            .get(&(ChildKind::Deployment, plan.owner.namespace.clone(), name.clone()))
+            .copied()
+            .unwrap_or(0);
         let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let floor = plan.min_available.get(name).copied().unwrap_or(wanted);
         let (updated, available) = (

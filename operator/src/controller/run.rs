@@ -356,6 +356,7 @@ fn context(
         deployments,
         references,
         applied: Default::default(),
+        rollouts: Default::default(),
         topics_ready: Default::default(),
         warned: Default::default(),
         failures: Default::default(),
