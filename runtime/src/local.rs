@@ -196,6 +196,7 @@ impl Engine {
                 listen: options.listen,
                 sources: options.sources,
                 state_dir: options.data_dir.join("state"),
+                state_store: None,
             },
             &mut sources,
         )

@@ -153,6 +153,20 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BusError>>;
     /// Joins consumer `group` on `topic`.
     fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Consumer>, BusError>;
+    /// Joins consumer `group` on a bot's raw `topic`, dropping the copies of an event that
+    /// reached the topic more than once inside its window (through different ingest replicas,
+    /// or a source emitting it again), with the window kept in `dedupe_topic` (Kafka:
+    /// [`kafka::dedupe`]). A bus whose intake is one process (the embedded bus) has every
+    /// repeat answered at intake already: by default this is [`Bus::subscribe`].
+    fn subscribe_deduplicated(
+        &self,
+        topic: &str,
+        group: &str,
+        dedupe_topic: &str,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let _ = dedupe_topic;
+        self.subscribe(topic, group)
+    }
     /// Whether the bus can take events (readiness).
     fn healthy(&self) -> bool;
 }
