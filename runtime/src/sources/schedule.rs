@@ -639,4 +639,40 @@ mod tests {
         let err = Scheduler::new("a/b", "c", &spec("0 2 * * *", Some("Mars/Olympus"))).unwrap_err();
         assert!(err.to_string().contains("Mars/Olympus"), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_restarted_schedule_resumes_after_its_saved_firing_and_one_firing_has_one_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SourceState::from(dir.path().join("s.schedule.json"));
+        let new = || {
+            Scheduler::new("ns/bot", "tick", &spec("* * * * *", None))
+                .unwrap()
+                .with_state(Some(state.clone()))
+        };
+        let first = fire(new(), "2025-03-01T10:00:30Z", 0, 2).await;
+        assert_eq!(
+            scheduled(&first),
+            [utc("2025-03-01T10:01:00Z"), utc("2025-03-01T10:02:00Z")]
+        );
+        // Restarted inside the minute it last fired (a clock behind, a Recreate rollout):
+        // it starts after the saved firing, so 10:02 is not emitted twice.
+        let second = fire(new(), "2025-03-01T10:01:30Z", 0, 1).await;
+        assert_eq!(scheduled(&second), [utc("2025-03-01T10:03:00Z")]);
+        // Without the state, the same firing emitted again has the same id and dedupe key.
+        let again = fire(
+            Scheduler::new("ns/bot", "tick", &spec("* * * * *", None)).unwrap(),
+            "2025-03-01T10:01:30Z",
+            0,
+            1,
+        )
+        .await;
+        assert_eq!(scheduled(&again), [utc("2025-03-01T10:02:00Z")]);
+        assert_eq!(again[0].id, first[1].id);
+        assert_eq!(
+            crate::bus::kafka::dedupe::key_of(&again[0]),
+            crate::bus::kafka::dedupe::key_of(&first[1])
+        );
+        assert_ne!(first[0].id, first[1].id);
+        assert!(uuid::Uuid::parse_str(&first[0].id).is_ok());
+    }
 }
