@@ -163,6 +163,7 @@ impl Engine {
             message: e.to_string(),
         })?;
         let cx = Context {
+            kafka: None,
             bus: bus.clone(),
             metrics: Metrics::new(),
             secrets: SecretStore::Manifests(Arc::new(set)),

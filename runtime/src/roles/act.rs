@@ -91,7 +91,8 @@ impl BindingWorker {
                 message,
             })?;
         let action =
-            actions::build(&config.action, &secrets, cx.client.clone()).map_err(|source| {
+            actions::build_on(&config.action, &secrets, cx.client.clone(), cx.kafka.as_ref())
+                .map_err(|source| {
                 RoleError::Action {
                     binding: binding.clone(),
                     source: Box::new(source),

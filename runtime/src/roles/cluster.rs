@@ -214,6 +214,7 @@ pub async fn start(
         .map_err(|e| ClusterError::Client(e.to_string()))?;
     let cx = Context {
         bus: bus.clone(),
+        kafka: Some(bus.clone()),
         metrics,
         secrets: SecretStore::Mounted(options.secrets_dir.clone()),
         client,

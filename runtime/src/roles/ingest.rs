@@ -82,6 +82,19 @@ pub async fn start(
             if !options.sources && !is_kafka {
                 continue;
             }
+            if let (Some(SourceKind::Kafka(spec)), Some(bus)) = (source.kind(), &cx.kafka) {
+                tasks.spawn(super::kafka_source::start(
+                    cx,
+                    bus,
+                    ns,
+                    &config.bot.name,
+                    &source.name,
+                    spec,
+                    &config.topic,
+                    format!("spec.sources[{i}].kafka"),
+                )?);
+                continue;
+            }
             let state = match &options.state_store {
                 Some(store) => StateRoot::Store(store.clone()),
                 None => StateRoot::Dir {

@@ -23,6 +23,7 @@ pub mod act;
 pub mod cluster;
 mod consume;
 pub mod ingest;
+mod kafka_source;
 pub mod process;
 
 use self::consume::consume;
@@ -46,6 +47,8 @@ use crate::{
 pub struct Context {
     /// Where events go and come from.
     pub bus: Arc<dyn Bus>,
+    /// The same bus when it is Kafka: what Kafka sources and kafka actions use.
+    pub kafka: Option<Arc<crate::bus::KafkaBus>>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Secret values, per namespace.

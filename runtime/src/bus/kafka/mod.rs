@@ -379,6 +379,12 @@ impl KafkaBus {
         &self.producer
     }
 
+    /// Publishes `event` to `topic` with record key `key` (the kafka action's own key).
+    pub async fn publish_keyed(&self, topic: &str, key: &str, event: &Event) -> Result<(), BusError> {
+        let (headers, value) = codec::encode(event);
+        self.produce(topic, key, headers, &value).await
+    }
+
     fn note_topic(&self, topic: &str) {
         let mut set = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         if !set.contains(topic) {
