@@ -90,14 +90,16 @@ impl BindingWorker {
                 field: "spec.when".into(),
                 message,
             })?;
-        let action =
-            actions::build_on(&config.action, &secrets, cx.client.clone(), cx.kafka.as_ref())
-                .map_err(|source| {
-                RoleError::Action {
-                    binding: binding.clone(),
-                    source: Box::new(source),
-                }
-            })?;
+        let action = actions::build_on(
+            &config.action,
+            &secrets,
+            cx.client.clone(),
+            cx.kafka.as_ref(),
+        )
+        .map_err(|source| RoleError::Action {
+            binding: binding.clone(),
+            source: Box::new(source),
+        })?;
         let notifier = config
             .notify
             .as_ref()

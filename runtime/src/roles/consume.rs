@@ -76,7 +76,9 @@ pub(super) async fn consume<H, Fut>(
                     }
                     queued
                 };
-                let Some((message, permit)) = next else { return };
+                let Some((message, permit)) = next else {
+                    return;
+                };
                 handle(message).await;
                 drop(permit);
             }
@@ -174,6 +176,9 @@ mod tests {
             assert_eq!(of_key, sorted, "k{k} in arrival order");
         }
         let peak = peak.load(Ordering::SeqCst);
-        assert!((2..=8).contains(&peak), "different keys ran together, within the limit: {peak}");
+        assert!(
+            (2..=8).contains(&peak),
+            "different keys ran together, within the limit: {peak}"
+        );
     }
 }

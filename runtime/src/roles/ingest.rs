@@ -83,16 +83,7 @@ pub async fn start(
                 continue;
             }
             if let (Some(SourceKind::Kafka(spec)), Some(bus)) = (source.kind(), &cx.kafka) {
-                tasks.spawn(super::kafka_source::start(
-                    cx,
-                    bus,
-                    ns,
-                    &config.bot.name,
-                    &source.name,
-                    spec,
-                    &config.topic,
-                    format!("spec.sources[{i}].kafka"),
-                )?);
+                tasks.spawn(super::kafka_source::start(cx, bus, config, i, spec)?);
                 continue;
             }
             let state = match &options.state_store {

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use inputbot_api::{bot::KafkaSource, names};
+use inputbot_api::{bot::KafkaSource, config::IngestConfig, names};
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, RoleError, consume};
@@ -47,13 +47,14 @@ struct KafkaInput {
 pub(super) fn start(
     cx: &Context,
     bus: &Arc<KafkaBus>,
-    namespace: &str,
-    bot: &str,
-    source: &str,
+    config: &IngestConfig,
+    index: usize,
     spec: &KafkaSource,
-    raw: &str,
-    field: String,
 ) -> Result<futures::future::BoxFuture<'static, ()>, RoleError> {
+    let (namespace, bot) = (&config.bot.namespace, &config.bot.name);
+    let source = config.sources[index].name.as_str();
+    let field = format!("spec.sources[{index}].kafka");
+    let raw = &config.topic;
     if let Some(servers) = &spec.bootstrap_servers
         && servers != &bus.settings().bootstrap
     {

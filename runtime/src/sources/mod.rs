@@ -108,7 +108,11 @@ pub fn build(source: &Source, cx: SourceContext<'_>) -> Result<Option<SourceTask
                     field: "schedule",
                     message: e.to_string(),
                 })?
-                .with_state(cx.state.as_ref().map(|r| r.source(&source.name, "schedule")));
+                .with_state(
+                    cx.state
+                        .as_ref()
+                        .map(|r| r.source(&source.name, "schedule")),
+                );
             Ok(Some(Box::pin(scheduler.run(
                 Arc::new(SystemClock),
                 cx.sink,

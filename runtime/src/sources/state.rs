@@ -65,7 +65,11 @@ impl StateRoot {
     /// The state of source `source` of kind `kind` (`poll`, `schedule`).
     pub fn source(&self, source: &str, kind: &str) -> SourceState {
         match self {
-            StateRoot::Dir { dir, namespace, bot } => SourceState::File(dir.join(format!(
+            StateRoot::Dir {
+                dir,
+                namespace,
+                bot,
+            } => SourceState::File(dir.join(format!(
                 "{}.{kind}.json",
                 inputbot_api::names::consumer_group(namespace, bot, source)
             ))),

@@ -331,11 +331,7 @@ async fn feed(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> axum::respon
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     let items = feed.items.lock().expect("lock").clone();
-    (
-        [(header::ETAG, etag)],
-        axum::Json(json!({"items": items})),
-    )
-        .into_response()
+    ([(header::ETAG, etag)], axum::Json(json!({"items": items}))).into_response()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,9 +373,11 @@ spec:
     let first_disk = disk(1);
     let mut poller = setup.start_with("ingest", "feed", &[("INPUTBOT_STATE_DIR", &first_disk)]);
     poller.wait_ready(READY).await;
-    wait_until("both items on the raw topic", Duration::from_secs(20), async || {
-        setup.raw() >= 2
-    })
+    wait_until(
+        "both items on the raw topic",
+        Duration::from_secs(20),
+        async || setup.raw() >= 2,
+    )
     .await;
     // Polled again with the validator: the state is saved.
     wait_until("a conditional poll", Duration::from_secs(20), async || {
@@ -392,9 +390,11 @@ spec:
     let second_disk = disk(2);
     let mut poller = setup.start_with("ingest", "feed", &[("INPUTBOT_STATE_DIR", &second_disk)]);
     poller.wait_ready(READY).await;
-    wait_until("three polls by the new poller", Duration::from_secs(20), async || {
-        state.requests().len() >= seen_before + 3
-    })
+    wait_until(
+        "three polls by the new poller",
+        Duration::from_secs(20),
+        async || state.requests().len() >= seen_before + 3,
+    )
     .await;
     let after_restart: Vec<String> = state.requests()[seen_before..].to_vec();
     assert!(
@@ -403,11 +403,7 @@ spec:
     );
     assert_eq!(setup.raw(), 2, "nothing emitted again after the restart");
     // A new item is emitted once.
-    state
-        .items
-        .lock()
-        .expect("lock")
-        .push(json!({"id": "c"}));
+    state.items.lock().expect("lock").push(json!({"id": "c"}));
     wait_until("the new item", Duration::from_secs(20), async || {
         setup.raw() >= 3
     })

@@ -131,9 +131,11 @@ spec:
         r.wait_ready(READY).await;
     }
     let raw = resolved.ingest[0].topic.clone();
-    wait_until("every order on the raw topic", Duration::from_secs(30), || {
-        read_topic(&bootstrap, &raw).len() as i64 >= ORDERS
-    })
+    wait_until(
+        "every order on the raw topic",
+        Duration::from_secs(30),
+        || read_topic(&bootstrap, &raw).len() as i64 >= ORDERS,
+    )
     .await;
     let group = format!("inputbot.{ns}.shop.orders");
     wait_until(

@@ -254,9 +254,7 @@ impl Dedupe {
         let window = map.entry(partition).or_default();
         match window.keys.get(key) {
             Some(c) if c.offset == offset => Verdict::Fresh { claim: false },
-            Some(c) if c.until > now && c.offset < offset => {
-                Verdict::Duplicate { first: c.offset }
-            }
+            Some(c) if c.until > now && c.offset < offset => Verdict::Duplicate { first: c.offset },
             _ if until <= now => Verdict::Fresh { claim: false },
             _ => {
                 window.insert(key.to_owned(), Claimed { offset, until });
@@ -357,9 +355,15 @@ mod tests {
     fn a_second_copy_of_a_key_is_a_duplicate_but_the_first_delivered_again_is_not() {
         let d = dedupe();
         assert_eq!(d.check(0, 10, "k", later()), Verdict::Fresh { claim: true });
-        assert_eq!(d.check(0, 12, "k", later()), Verdict::Duplicate { first: 10 });
+        assert_eq!(
+            d.check(0, 12, "k", later()),
+            Verdict::Duplicate { first: 10 }
+        );
         // The claiming record itself, redelivered after a crash, is handled again.
-        assert_eq!(d.check(0, 10, "k", later()), Verdict::Fresh { claim: false });
+        assert_eq!(
+            d.check(0, 10, "k", later()),
+            Verdict::Fresh { claim: false }
+        );
         // Other partitions and keys are their own.
         assert_eq!(d.check(1, 12, "k", later()), Verdict::Fresh { claim: true });
         assert_eq!(d.check(0, 13, "j", later()), Verdict::Fresh { claim: true });
@@ -371,7 +375,13 @@ mod tests {
         let past = chrono::Utc::now().timestamp() - 1;
         assert_eq!(d.check(0, 1, "k", past), Verdict::Fresh { claim: false });
         assert_eq!(d.check(0, 2, "k", later()), Verdict::Fresh { claim: true });
-        d.lock().get_mut(&0).unwrap().keys.get_mut("k").unwrap().until = past;
+        d.lock()
+            .get_mut(&0)
+            .unwrap()
+            .keys
+            .get_mut("k")
+            .unwrap()
+            .until = past;
         assert_eq!(d.check(0, 3, "k", later()), Verdict::Fresh { claim: true });
     }
 

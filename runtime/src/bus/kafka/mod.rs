@@ -380,7 +380,12 @@ impl KafkaBus {
     }
 
     /// Publishes `event` to `topic` with record key `key` (the kafka action's own key).
-    pub async fn publish_keyed(&self, topic: &str, key: &str, event: &Event) -> Result<(), BusError> {
+    pub async fn publish_keyed(
+        &self,
+        topic: &str,
+        key: &str,
+        event: &Event,
+    ) -> Result<(), BusError> {
         let (headers, value) = codec::encode(event);
         self.produce(topic, key, headers, &value).await
     }

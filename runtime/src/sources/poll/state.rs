@@ -146,10 +146,7 @@ impl Poller {
         };
         let bytes = serde_json::to_vec(&saved)
             .map_err(|e| state_error(state, format!("cannot serialize: {e}")))?;
-        state
-            .save(bytes)
-            .await
-            .map_err(|m| state_error(state, m))
+        state.save(bytes).await.map_err(|m| state_error(state, m))
     }
 }
 
