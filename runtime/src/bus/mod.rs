@@ -95,7 +95,20 @@ pub enum BusError {
 pub struct Message {
     /// The event.
     pub event: Event,
+    /// Where the record is (Kafka: topic, partition, offset); `None` on the embedded bus.
+    pub position: Option<Position>,
     ack: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// Where a consumed record is on its topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
 }
 
 impl std::fmt::Debug for Message {
@@ -111,8 +124,15 @@ impl Message {
     pub fn new(event: Event, ack: impl FnOnce() + Send + 'static) -> Self {
         Self {
             event,
+            position: None,
             ack: Some(Box::new(ack)),
         }
+    }
+
+    /// The same message, at `position`.
+    pub fn at(mut self, position: Position) -> Self {
+        self.position = Some(position);
+        self
     }
 
     /// Marks the message handled (commits its offset on Kafka).

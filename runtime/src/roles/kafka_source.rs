@@ -8,7 +8,9 @@
 //! ```
 //!
 //! A record's key stays its partition key on the raw topic (order per key holds). Replicas of
-//! the ingest Deployment share the topic's partitions through the group.
+//! the ingest Deployment share the topic's partitions through the group. Each event is marked
+//! with the record's topic, partition and offset for the raw topic's deduplication window, so
+//! a record read twice (a member that died before committing) is handled once downstream.
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use super::{Context, RoleError, consume};
 use crate::{
     bus::{
         Bus, KafkaBus, Message,
-        kafka::dedupe::{DEDUPE_EXTENSION, DEDUPE_UNTIL_EXTENSION},
+        kafka::dedupe::{self, DEDUPE_EXTENSION, DEDUPE_UNTIL_EXTENSION},
     },
     delivery::until_stored,
     metrics::{self, Metrics},
@@ -27,6 +29,9 @@ use crate::{
 
 /// Events read at once (publishing each waits for the raw topic's acknowledgement).
 const MAX_IN_FLIGHT: u32 = 64;
+
+/// How long a record read again counts as a duplicate downstream.
+const DEDUPE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// The type a record gets when it carries none.
 const DEFAULT_TYPE: &str = "dev.inputbot.kafka";
@@ -103,9 +108,19 @@ impl KafkaInput {
         {
             event.ty = t.clone();
         }
-        // Another bot's window is not this one's.
+        // Another bot's window is not this one's. This record's identity is where it is: read
+        // again (a member that died before its commit, a reset group), it is one event
+        // downstream while the window lasts.
         event.extensions.remove(DEDUPE_EXTENSION);
         event.extensions.remove(DEDUPE_UNTIL_EXTENSION);
+        if let Some(p) = &message.position {
+            dedupe::mark(
+                &mut event,
+                "kafka",
+                &format!("{}/{}/{}", p.topic, p.partition, p.offset),
+                chrono::Utc::now() + DEDUPE_WINDOW,
+            );
+        }
         if event.traceparent.is_none() {
             event.traceparent = Some(crate::event::new_traceparent());
         }

@@ -11,6 +11,8 @@ use inputbot_e2e::runtime::{
 };
 use inputbot_e2e::{kafka_bootstrap, unique_suffix};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -175,6 +177,61 @@ spec:
     }
     assert_eq!(got, want, "each kept order written once");
     assert_eq!(out.len(), want.len());
+
+    // The source's group forgets its offsets (as after a member died before committing, or a
+    // reset): the restarted source reads every record again and publishes it to the raw topic
+    // again, but each is the same record (topic, partition, offset), so the process role drops
+    // the copies and nothing is written twice.
+    let status = ingest.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", ingest.log_text());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    let deleted = admin
+        .delete_groups(&[group.as_str()], &AdminOptions::new())
+        .await
+        .expect("delete_groups");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let mut ingest = start("ingest", "shop");
+    ingest.wait_ready(READY).await;
+    wait_until(
+        "every order on the raw topic again",
+        Duration::from_secs(30),
+        || read_topic(&bootstrap, &raw).len() as i64 >= 2 * ORDERS,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let metrics = process.url("/metrics");
+    let dropped = async || -> f64 {
+        let text = client
+            .get(&metrics)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with("inputbot_kafka_duplicates_dropped_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let started = Instant::now();
+    while dropped().await < ORDERS as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the copies read again were not dropped: {}",
+            dropped().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        read_topic(&bootstrap, &shipped).len(),
+        want.len(),
+        "nothing written twice"
+    );
 
     for r in [&mut ingest, &mut process, &mut act] {
         let status = r.terminate(Duration::from_secs(20)).await;

@@ -392,10 +392,15 @@ impl KafkaConsumer {
             ack();
             return Some(None);
         }
+        let position = crate::bus::Position {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        };
         let (Some(dedupe), false, Some((key, until))) =
             (&self.dedupe, redriven, dedupe::key_of(&event))
         else {
-            return Some(Some(Message::new(event, ack)));
+            return Some(Some(Message::new(event, ack).at(position)));
         };
         if !self.window_ready(dedupe, partition, epoch).await {
             return None;
@@ -414,19 +419,22 @@ impl KafkaConsumer {
                 ack();
                 Some(None)
             }
-            Verdict::Fresh { claim: false } => Some(Some(Message::new(event, ack))),
+            Verdict::Fresh { claim: false } => Some(Some(Message::new(event, ack).at(position))),
             Verdict::Fresh { claim: true } => {
                 let (d, stop) = (dedupe.clone(), self.closed.clone());
-                Some(Some(Message::new(event, move || {
-                    // The claim is durable before the offset is stored.
-                    d.started();
-                    tokio::spawn(async move {
-                        if d.write_claim(partition, offset, &key, until, &stop).await {
-                            ack();
-                        }
-                        d.finished();
-                    });
-                })))
+                Some(Some(
+                    Message::new(event, move || {
+                        // The claim is durable before the offset is stored.
+                        d.started();
+                        tokio::spawn(async move {
+                            if d.write_claim(partition, offset, &key, until, &stop).await {
+                                ack();
+                            }
+                            d.finished();
+                        });
+                    })
+                    .at(position),
+                ))
             }
         }
     }
