@@ -209,9 +209,29 @@ fn delivered(target: &Target) -> Vec<(String, i64)> {
 async fn three_ingest_replicas_given_every_delivery_three_times_reach_the_action_once_per_key() {
     let _serial = SERIAL.lock().await;
     let target = Target::start(200).await;
-    let setup = Setup::new(&format!("{BOT}{}", binding(&target.url("/crm")))).await;
+    // A binding on the raw topic itself (`botRef`) drops the copies in its own group too.
+    let direct = Target::start(200).await;
+    let direct_binding = format!(
+        r#"---
+apiVersion: inputbot.dev/v1alpha1
+kind: ActionBinding
+metadata: {{name: direct}}
+spec:
+  botRef: {{name: intake}}
+  action:
+    http: {{url: "{}"}}
+"#,
+        direct.url("/direct")
+    );
+    let setup = Setup::new(&format!(
+        "{BOT}{}{direct_binding}",
+        binding(&target.url("/crm"))
+    ))
+    .await;
     let group = setup.resolved.process[0].consumer_group.clone();
     let mut act = setup.start("act", "crm");
+    let mut act_direct = setup.start("act", "direct");
+    act_direct.wait_ready(READY).await;
     let mut process = setup.start("process", "flow");
     let mut ingest: Vec<RoleProcess> = (0..3).map(|_| setup.start("ingest", "intake")).collect();
     for r in std::iter::once(&mut act)
@@ -249,6 +269,12 @@ async fn three_ingest_replicas_given_every_delivery_three_times_reach_the_action
     let distinct: BTreeSet<(String, i64)> = got.iter().cloned().collect();
     assert_eq!(distinct, expected, "every key reached the action");
     assert_eq!(got.len(), expected.len(), "and each only once");
+    wait_until(
+        "every key delivered directly",
+        Duration::from_secs(30),
+        async || direct.received().len() >= expected.len(),
+    )
+    .await;
 
     // Restart the process role and every ingest replica (their own memory of keys is gone),
     // and send everything again: the raw topic gets every key again, and the process role's
@@ -305,9 +331,22 @@ async fn three_ingest_replicas_given_every_delivery_three_times_reach_the_action
         expected.len()
     );
 
+    // The botRef binding, never restarted, dropped every copy of both rounds.
+    let direct_got = delivered(&direct);
+    assert_eq!(
+        direct_got.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "every key reached the botRef binding"
+    );
+    assert_eq!(
+        direct_got.len(),
+        expected.len(),
+        "each once, through both rounds"
+    );
+
     for r in ingest
         .iter_mut()
-        .chain([&mut process, &mut act].into_iter())
+        .chain([&mut process, &mut act, &mut act_direct].into_iter())
     {
         let status = r.terminate(Duration::from_secs(20)).await;
         assert!(status.success(), "inputbot {}: {}", r.role, r.log_text());
