@@ -48,8 +48,22 @@ pub const DEDUPE_EXTENSION: &str = "inputbotdedupe";
 /// Until when (Unix seconds) a copy of the event is a duplicate.
 pub const DEDUPE_UNTIL_EXTENSION: &str = "inputbotdedupeuntil";
 
-/// Keys one partition's window holds at most; the oldest claims go first.
+/// Keys one partition's window holds at most (about 100 bytes each); the oldest claims go
+/// first.
 pub const WINDOW_CAPACITY: usize = 100_000;
+
+/// A key as held in memory: the 32 bytes of its SHA-256 (the extension's hex decoded; any
+/// other text hashed), whatever the sender's key was.
+type Digest32 = [u8; 32];
+
+fn digest(key: &str) -> Digest32 {
+    let mut out = [0u8; 32];
+    if key.len() == 64 && hex::decode_to_slice(key, &mut out).is_ok() {
+        return out;
+    }
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(key.as_bytes()).into()
+}
 
 /// How long rebuilding one partition's window may take before it is tried again.
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,14 +110,14 @@ struct Claimed {
 #[derive(Debug, Default)]
 struct Window {
     epoch: u64,
-    keys: HashMap<String, Claimed>,
+    keys: HashMap<Digest32, Claimed>,
     /// Claim order (key, offset): an element is stale when the key's claim has another offset.
-    order: VecDeque<(String, i64)>,
+    order: VecDeque<(Digest32, i64)>,
 }
 
 impl Window {
-    fn insert(&mut self, key: String, claimed: Claimed) {
-        self.order.push_back((key.clone(), claimed.offset));
+    fn insert(&mut self, key: Digest32, claimed: Claimed) {
+        self.order.push_back((key, claimed.offset));
         self.keys.insert(key, claimed);
         while self.keys.len() > WINDOW_CAPACITY {
             let Some((k, o)) = self.order.pop_front() else {
@@ -220,9 +234,9 @@ impl Dedupe {
                 continue;
             };
             match r.value.as_deref().map(serde_json::from_slice::<Claimed>) {
-                Some(Ok(c)) if c.until > now => window.insert(key.to_owned(), c),
+                Some(Ok(c)) if c.until > now => window.insert(digest(key), c),
                 Some(Ok(_)) | None => {
-                    window.keys.remove(key);
+                    window.keys.remove(&digest(key));
                 }
                 Some(Err(e)) => {
                     tracing::warn!(target: "inputbot::bus", topic = %self.topic, partition,
@@ -252,12 +266,13 @@ impl Dedupe {
         let now = chrono::Utc::now().timestamp();
         let mut map = self.lock();
         let window = map.entry(partition).or_default();
-        match window.keys.get(key) {
+        let k = digest(key);
+        match window.keys.get(&k) {
             Some(c) if c.offset == offset => Verdict::Fresh { claim: false },
             Some(c) if c.until > now && c.offset < offset => Verdict::Duplicate { first: c.offset },
             _ if until <= now => Verdict::Fresh { claim: false },
             _ => {
-                window.insert(key.to_owned(), Claimed { offset, until });
+                window.insert(k, Claimed { offset, until });
                 Verdict::Fresh { claim: true }
             }
         }
@@ -379,7 +394,7 @@ mod tests {
             .get_mut(&0)
             .unwrap()
             .keys
-            .get_mut("k")
+            .get_mut(&digest("k"))
             .unwrap()
             .until = past;
         assert_eq!(d.check(0, 3, "k", later()), Verdict::Fresh { claim: true });
@@ -390,7 +405,7 @@ mod tests {
         let mut w = Window::default();
         for i in 0..(WINDOW_CAPACITY as i64 + 10) {
             w.insert(
-                format!("k{i}"),
+                digest(&format!("k{i}")),
                 Claimed {
                     offset: i,
                     until: i64::MAX,
@@ -398,8 +413,11 @@ mod tests {
             );
         }
         assert_eq!(w.keys.len(), WINDOW_CAPACITY);
-        assert!(!w.keys.contains_key("k0"));
-        assert!(w.keys.contains_key(&format!("k{}", WINDOW_CAPACITY + 9)));
+        assert!(!w.keys.contains_key(&digest("k0")));
+        assert!(
+            w.keys
+                .contains_key(&digest(&format!("k{}", WINDOW_CAPACITY + 9)))
+        );
     }
 
     #[test]
