@@ -94,6 +94,10 @@ pub struct IngestConfig {
     pub topic: String,
     /// The bot's sources, as written (validated).
     pub sources: Vec<Source>,
+    /// The compacted topic where poll and schedule sources keep their state in a cluster
+    /// (`None` when the bot has neither, or for a component without them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_topic: Option<String>,
 }
 
 /// Process: input topic → steps → output topic; failures → dead-letter topic.
@@ -112,6 +116,11 @@ pub struct ProcessConfig {
     pub dead_letter_topic: String,
     /// Consumer group.
     pub consumer_group: String,
+    /// The compacted topic holding the deduplication window of the raw topic's consumers
+    /// (`inputbot.<ns>.<bot>.dedupe`): duplicates that reached different ingest replicas are
+    /// dropped here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_topic: Option<String>,
     /// Steps in order, each with its resolved name.
     pub steps: Vec<NamedStep>,
     /// Events processed concurrently.
@@ -140,6 +149,9 @@ pub struct ActConfig {
     pub dead_letter_topic: Option<String>,
     /// Consumer group.
     pub consumer_group: String,
+    /// The bot's deduplication window, when the binding reads the raw topic (`botRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_topic: Option<String>,
     /// CEL condition selecting events.
     pub when: Option<String>,
     /// The action.
@@ -451,6 +463,7 @@ spec:
             bot: ResourceId::new("InputBot", "ns", "b"),
             topic: "inputbot.ns.b.raw".into(),
             sources: vec![],
+            state_topic: None,
         });
         let text = serde_json::to_string(&c).unwrap();
         assert!(text.contains(r#""role":"ingest""#), "{text}");

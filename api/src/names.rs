@@ -25,6 +25,20 @@ pub fn binding_dlq_topic(namespace: &str, binding: &str) -> String {
     format!("inputbot.{namespace}.{binding}.act.dlq")
 }
 
+/// The deduplication window of a bot's raw-topic consumers: `inputbot.<ns>.<bot>.dedupe`, a
+/// compacted topic with the raw topic's partitions. Partition `p` holds the window of raw
+/// partition `p` (per consumer group), so the member that owns a raw partition rebuilds its
+/// window from one partition.
+pub fn dedupe_topic(namespace: &str, bot: &str) -> String {
+    format!("inputbot.{namespace}.{bot}.dedupe")
+}
+
+/// The source state of a bot (poll's seen ids and validators, schedule's last firing):
+/// `inputbot.<ns>.<bot>.state`, a compacted topic keyed by source.
+pub fn state_topic(namespace: &str, bot: &str) -> String {
+    format!("inputbot.{namespace}.{bot}.state")
+}
+
 /// Consumer group of a component: `inputbot.<ns>.<name>.<role>`.
 pub fn consumer_group(namespace: &str, name: &str, role: &str) -> String {
     format!("inputbot.{namespace}.{name}.{role}")
@@ -129,6 +143,14 @@ mod tests {
         assert_eq!(
             binding_dlq_topic("team-a", "crm"),
             "inputbot.team-a.crm.act.dlq"
+        );
+        assert_eq!(
+            dedupe_topic("team-a", "intake"),
+            "inputbot.team-a.intake.dedupe"
+        );
+        assert_eq!(
+            state_topic("team-a", "intake"),
+            "inputbot.team-a.intake.state"
         );
     }
 

@@ -44,6 +44,12 @@ pub fn resolve_bot(bot: &InputBot) -> IngestConfig {
         bot: ResourceId::new("InputBot", &ns, &bot.name_any()),
         topic: names::raw_topic(&ns, &bot.name_any()),
         sources: bot.spec.sources.clone(),
+        state_topic: bot
+            .spec
+            .sources
+            .iter()
+            .any(|s| s.poll.is_some() || s.schedule.is_some())
+            .then(|| names::state_topic(&ns, &bot.name_any())),
     }
 }
 
@@ -58,6 +64,7 @@ pub fn resolve_pipeline(p: &Pipeline) -> ProcessConfig {
         output_topic: names::out_topic(&ns, &name),
         dead_letter_topic: names::pipeline_dlq_topic(&ns, &name),
         consumer_group: names::consumer_group(&ns, &name, "process"),
+        dedupe_topic: Some(names::dedupe_topic(&ns, &p.spec.bot_ref.name)),
         steps: p
             .spec
             .steps
@@ -117,6 +124,10 @@ pub fn resolve_binding(b: &ActionBinding) -> ActConfig {
         input_topic,
         dead_letter_topic: dead_letter.then(|| names::binding_dlq_topic(&ns, &name)),
         consumer_group: names::consumer_group(&ns, &name, "act"),
+        dedupe_topic: match (&b.spec.pipeline_ref, &b.spec.bot_ref) {
+            (None, Some(bot)) => Some(names::dedupe_topic(&ns, &bot.name)),
+            _ => None,
+        },
         when: b.spec.when.clone(),
         action: b.spec.action.clone(),
         delivery: DeliveryPolicy {

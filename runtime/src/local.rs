@@ -163,6 +163,7 @@ impl Engine {
             message: e.to_string(),
         })?;
         let cx = Context {
+            kafka: None,
             bus: bus.clone(),
             metrics: Metrics::new(),
             secrets: SecretStore::Manifests(Arc::new(set)),
@@ -196,6 +197,7 @@ impl Engine {
                 listen: options.listen,
                 sources: options.sources,
                 state_dir: options.data_dir.join("state"),
+                state_store: None,
             },
             &mut sources,
         )

@@ -147,6 +147,16 @@ pub struct Metrics {
     pub kafka_commits: Family<CommitLabels, Counter>,
     /// Kafka: records behind the committed offset, per partition this member owns.
     pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Kafka: copies of an event dropped by a consumer group's deduplication window (they
+    /// reached another ingest replica, or a source emitted them again).
+    pub kafka_duplicates_dropped: Family<GroupLabels, Counter>,
+}
+
+/// Labels of a consumer group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// Consumer group.
+    pub group: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +191,7 @@ impl Metrics {
             kafka_produce_failures: Family::default(),
             kafka_commits: Family::default(),
             kafka_consumer_lag: Family::default(),
+            kafka_duplicates_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -287,6 +298,11 @@ impl Metrics {
             "kafka_consumer_lag",
             "Kafka records behind the committed offset, per owned partition",
             m.kafka_consumer_lag.clone(),
+        );
+        registry.register(
+            "kafka_duplicates_dropped",
+            "Copies of an event a consumer group's deduplication window dropped",
+            m.kafka_duplicates_dropped.clone(),
         );
         Arc::new(Self { registry, ..m })
     }

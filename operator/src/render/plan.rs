@@ -258,6 +258,34 @@ pub fn plan_bot(
         settings,
     ));
     plan.output_topic = Some(resolved.topic.clone());
+    // The deduplication window of the raw topic's consumers: one partition per raw partition
+    // (the owner of raw partition p rebuilds its window from partition p), compacted to the
+    // newest entry per key, and deleted after the raw topic's retention like the events it
+    // describes.
+    let mut dedupe = topic(
+        names::dedupe_topic(&namespace, &name),
+        bot.spec.topic.as_ref(),
+        settings,
+    );
+    dedupe
+        .config
+        .insert("cleanup.policy".to_owned(), "compact,delete".to_owned());
+    plan.topics.push(dedupe);
+    // Source state (poll's seen ids and validators, schedule's last firing): one small record
+    // per source, kept for ever (compacted, never deleted by age).
+    if let Some(state) = &resolved.state_topic {
+        plan.topics.push(TopicRequest {
+            name: state.clone(),
+            partitions: 1,
+            replication_factor: bot
+                .spec
+                .topic
+                .as_ref()
+                .and_then(|t| t.replication_factor)
+                .unwrap_or(settings.default_replication_factor),
+            config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
+        });
+    }
 
     // Push sources (webhook) and consumer sources (kafka) scale out; poll and schedule must
     // never run twice at once, so they get a single-replica, Recreate Deployment of their own.
@@ -270,6 +298,8 @@ pub fn plan_bot(
     if !pushed.is_empty() {
         let config = ComponentConfig::Ingest(inputbot_api::config::IngestConfig {
             sources: pushed.clone(),
+            // Only the poller keeps source state.
+            state_topic: None,
             ..resolved.clone()
         });
         add_component(

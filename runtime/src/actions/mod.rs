@@ -34,6 +34,7 @@
 //!   http.rs   the http action (body, headers, idempotency key, CloudEvents attributes)
 //!   slack.rs  the slack action (webhook URL from a Secret)
 //!   email.rs  the email action (SMTP; transient and permanent replies)
+//!   kafka.rs  the kafka action (a record in binary mode; built on the Kafka bus only)
 //!   log.rs    the log action (a line on stdout)
 //!   teams.rs  the teams action (an Adaptive Card; webhook URL from a Secret)
 //!   sms.rs    the sms action (Twilio's Messages API; errors classified from Twilio's answer)
@@ -44,6 +45,7 @@
 
 mod email;
 mod http;
+pub(crate) mod kafka;
 mod log;
 mod slack;
 mod sms;
@@ -124,8 +126,8 @@ impl BuildError {
     }
 }
 
-/// Builds the action. `client` is shared (connection pooling). Kafka actions are built by the
-/// Kafka bus: for them this returns [`BuildError::NeedsKafka`].
+/// Builds the action. `client` is shared (connection pooling). Kafka actions need the Kafka
+/// bus ([`build_on`]): here they are [`BuildError::NeedsKafka`].
 pub fn build(
     action: &Action,
     secrets: &Secrets,
@@ -141,6 +143,22 @@ pub fn build(
         ActionKind::Log(log) => Ok(Arc::new(LogImpl::build(log)?)),
         ActionKind::Teams(teams) => Ok(Arc::new(TeamsImpl::build(teams, secrets, client)?)),
         ActionKind::Sms(sms) => Ok(Arc::new(SmsImpl::build(sms, secrets, client)?)),
+    }
+}
+
+/// Builds the action, with `kafka` for a kafka action (the act role in a cluster); without it
+/// (the embedded bus) a kafka action is [`BuildError::NeedsKafka`].
+pub fn build_on(
+    action: &Action,
+    secrets: &Secrets,
+    client: reqwest::Client,
+    kafka: Option<&Arc<crate::bus::KafkaBus>>,
+) -> Result<Arc<dyn ActionImpl>, BuildError> {
+    match (action.kind(), kafka) {
+        (Some(ActionKind::Kafka(spec)), Some(bus)) => {
+            Ok(Arc::new(kafka::KafkaImpl::build(spec, bus.clone())?))
+        }
+        _ => build(action, secrets, client),
     }
 }
 

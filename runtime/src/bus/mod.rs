@@ -95,7 +95,20 @@ pub enum BusError {
 pub struct Message {
     /// The event.
     pub event: Event,
+    /// Where the record is (Kafka: topic, partition, offset); `None` on the embedded bus.
+    pub position: Option<Position>,
     ack: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// Where a consumed record is on its topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
 }
 
 impl std::fmt::Debug for Message {
@@ -111,8 +124,15 @@ impl Message {
     pub fn new(event: Event, ack: impl FnOnce() + Send + 'static) -> Self {
         Self {
             event,
+            position: None,
             ack: Some(Box::new(ack)),
         }
+    }
+
+    /// The same message, at `position`.
+    pub fn at(mut self, position: Position) -> Self {
+        self.position = Some(position);
+        self
     }
 
     /// Marks the message handled (commits its offset on Kafka).
@@ -153,6 +173,20 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BusError>>;
     /// Joins consumer `group` on `topic`.
     fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Consumer>, BusError>;
+    /// Joins consumer `group` on a bot's raw `topic`, dropping the copies of an event that
+    /// reached the topic more than once inside its window (through different ingest replicas,
+    /// or a source emitting it again), with the window kept in `dedupe_topic` (Kafka:
+    /// [`kafka::dedupe`]). A bus whose intake is one process (the embedded bus) has every
+    /// repeat answered at intake already: by default this is [`Bus::subscribe`].
+    fn subscribe_deduplicated(
+        &self,
+        topic: &str,
+        group: &str,
+        dedupe_topic: &str,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let _ = dedupe_topic;
+        self.subscribe(topic, group)
+    }
     /// Whether the bus can take events (readiness).
     fn healthy(&self) -> bool;
 }

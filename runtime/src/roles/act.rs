@@ -38,7 +38,10 @@ pub fn start(
     for config in configs {
         let worker = BindingWorker::new(config.clone(), cx)?;
         let (topic, group) = worker.input();
-        let consumer = cx.bus.subscribe(topic, group)?;
+        let consumer = match &config.dedupe_topic {
+            Some(dedupe) => cx.bus.subscribe_deduplicated(topic, group, dedupe)?,
+            None => cx.bus.subscribe(topic, group)?,
+        };
         tasks.spawn(worker.run(
             consumer,
             cx.shutdown.consumers.clone(),
@@ -87,13 +90,16 @@ impl BindingWorker {
                 field: "spec.when".into(),
                 message,
             })?;
-        let action =
-            actions::build(&config.action, &secrets, cx.client.clone()).map_err(|source| {
-                RoleError::Action {
-                    binding: binding.clone(),
-                    source: Box::new(source),
-                }
-            })?;
+        let action = actions::build_on(
+            &config.action,
+            &secrets,
+            cx.client.clone(),
+            cx.kafka.as_ref(),
+        )
+        .map_err(|source| RoleError::Action {
+            binding: binding.clone(),
+            source: Box::new(source),
+        })?;
         let notifier = config
             .notify
             .as_ref()

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     bus::{
         Bus, KafkaBus, KafkaOptions, KafkaSettings,
-        kafka::{KafkaBusError, SettingsError},
+        kafka::{KafkaBusError, SettingsError, state::KafkaStateStore},
     },
     metrics::Metrics,
     secrets::SecretStore,
@@ -68,7 +68,7 @@ pub struct ClusterOptions {
     pub listen: SocketAddr,
     /// How long shutdown lets in-flight events finish before cutting deliveries short.
     pub drain_timeout: Duration,
-    /// Where poll sources keep their state (`<dir>/<group>.poll.json`).
+    /// Where poll and schedule sources keep their state when the config names no state topic.
     pub state_dir: PathBuf,
     /// Producer and health settings of the bus.
     pub kafka: KafkaOptions,
@@ -121,6 +121,14 @@ pub enum ClusterError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// The source state could not be loaded from its topic.
+    #[error("cannot load the source state from topic {topic}: {message}")]
+    State {
+        /// The state topic.
+        topic: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// What shutdown found.
@@ -156,14 +164,20 @@ pub fn load(path: &std::path::Path, role: Role) -> Result<ComponentConfig, Clust
 /// The topics a component reads and writes: the bus is ready only while all exist.
 pub fn topics(config: &ComponentConfig) -> Vec<String> {
     match config {
-        ComponentConfig::Ingest(c) => vec![c.topic.clone()],
-        ComponentConfig::Process(c) => vec![
+        ComponentConfig::Ingest(c) => std::iter::once(c.topic.clone())
+            .chain(c.state_topic.clone())
+            .collect(),
+        ComponentConfig::Process(c) => [
             c.input_topic.clone(),
             c.output_topic.clone(),
             c.dead_letter_topic.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(c.dedupe_topic.clone())
+        .collect(),
         ComponentConfig::Act(c) => std::iter::once(c.input_topic.clone())
             .chain(c.dead_letter_topic.clone())
+            .chain(c.dedupe_topic.clone())
             .collect(),
     }
 }
@@ -200,6 +214,7 @@ pub async fn start(
         .map_err(|e| ClusterError::Client(e.to_string()))?;
     let cx = Context {
         bus: bus.clone(),
+        kafka: Some(bus.clone()),
         metrics,
         secrets: SecretStore::Mounted(options.secrets_dir.clone()),
         client,
@@ -210,6 +225,10 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     let (addr, server) = match &config {
         ComponentConfig::Ingest(c) => {
+            let state_store = match &c.state_topic {
+                Some(topic) => Some(open_state(&bus, topic).await?),
+                None => None,
+            };
             let Ingest { addr, server } = super::ingest::start(
                 &cx,
                 std::slice::from_ref(c),
@@ -217,6 +236,7 @@ pub async fn start(
                     listen: Some(options.listen),
                     sources: true,
                     state_dir: options.state_dir.clone(),
+                    state_store,
                 },
                 &mut tasks,
             )
@@ -245,6 +265,38 @@ pub async fn start(
         server,
         drain_timeout: options.drain_timeout,
     })
+}
+
+/// How long the poller waits for its state topic at start before it gives up (and Kubernetes
+/// restarts it).
+const STATE_WAIT: Duration = Duration::from_secs(60);
+
+/// Loads the bot's source state from its state topic, waiting a while for the topic (the
+/// operator creates it beside the Deployment).
+async fn open_state(
+    bus: &Arc<KafkaBus>,
+    topic: &str,
+) -> Result<Arc<dyn crate::sources::state::StateStore>, ClusterError> {
+    let started = std::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        match KafkaStateStore::open(bus.clone(), topic).await {
+            Ok(store) => return Ok(store),
+            Err(message) if started.elapsed() >= STATE_WAIT => {
+                return Err(ClusterError::State {
+                    topic: topic.to_owned(),
+                    message,
+                });
+            }
+            Err(message) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(target: "inputbot::run", topic, "cannot load the source state yet (retrying): {message}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// `/healthz`, `/readyz` and `/metrics` for the roles without webhooks.

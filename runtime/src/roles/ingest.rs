@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use futures::future::BoxFuture;
-use inputbot_api::{bot::SourceKind, config::IngestConfig, names};
+use inputbot_api::{bot::SourceKind, config::IngestConfig};
 use tokio::task::JoinSet;
 
 use super::{Context, RoleError};
@@ -13,7 +13,11 @@ use crate::{
     bus::{Bus, BusError},
     event::Event,
     metrics::{self, Metrics},
-    sources::{self, Sink, SourceContext, webhook::Intake},
+    sources::{
+        self, Sink, SourceContext,
+        state::{StateRoot, StateStore},
+        webhook::Intake,
+    },
 };
 
 /// How ingest runs.
@@ -23,8 +27,11 @@ pub struct IngestOptions {
     pub listen: Option<SocketAddr>,
     /// Run poll and schedule sources.
     pub sources: bool,
-    /// Where poll sources keep their state (`<dir>/<group>.poll.json`).
+    /// Where poll and schedule sources keep their state on disk
+    /// (`<dir>/<group>.<poll|schedule>.json`), unless `state_store` is given.
     pub state_dir: PathBuf,
+    /// A shared store of source states (in a cluster: the bot's state topic), per bot.
+    pub state_store: Option<Arc<dyn StateStore>>,
 }
 
 /// The running HTTP side of ingest.
@@ -75,10 +82,18 @@ pub async fn start(
             if !options.sources && !is_kafka {
                 continue;
             }
-            let state = options.state_dir.join(format!(
-                "{}.poll.json",
-                names::consumer_group(ns, &config.bot.name, &source.name)
-            ));
+            if let (Some(SourceKind::Kafka(spec)), Some(bus)) = (source.kind(), &cx.kafka) {
+                tasks.spawn(super::kafka_source::start(cx, bus, config, i, spec)?);
+                continue;
+            }
+            let state = match &options.state_store {
+                Some(store) => StateRoot::Store(store.clone()),
+                None => StateRoot::Dir {
+                    dir: options.state_dir.clone(),
+                    namespace: ns.clone(),
+                    bot: config.bot.name.clone(),
+                },
+            };
             let source_cx = SourceContext {
                 bot: &bot,
                 secrets: &cx.secrets.namespace(ns),

@@ -21,18 +21,21 @@
 
 pub mod act;
 pub mod cluster;
+mod consume;
 pub mod ingest;
+mod kafka_source;
 pub mod process;
+
+use self::consume::consume;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use inputbot_api::config::ResourceId;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     actions,
-    bus::{Bus, BusError, Consumer, Message},
+    bus::{Bus, BusError},
     metrics::Metrics,
     secrets::SecretStore,
     sources::webhook::{Health, IntakeError},
@@ -44,6 +47,8 @@ use crate::{
 pub struct Context {
     /// Where events go and come from.
     pub bus: Arc<dyn Bus>,
+    /// The same bus when it is Kafka: what Kafka sources and kafka actions use.
+    pub kafka: Option<Arc<crate::bus::KafkaBus>>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Secret values, per namespace.
@@ -135,47 +140,6 @@ pub enum RoleError {
 /// `namespace/name`, the label of a resource in logs and metrics.
 fn resource_label(id: &ResourceId) -> String {
     format!("{}/{}", id.namespace, id.name)
-}
-
-/// Runs `handle` for each message with at most `max_in_flight` at once, until the consumer
-/// ends or `stop` fires; then waits for what is in flight and closes the consumer.
-async fn consume<H, Fut>(
-    mut consumer: Box<dyn Consumer>,
-    max_in_flight: u32,
-    stop: CancellationToken,
-    handle: H,
-) where
-    H: Fn(Message) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(max_in_flight.max(1) as usize));
-    let handle = Arc::new(handle);
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            () = stop.cancelled() => break,
-        };
-        let message = tokio::select! {
-            m = consumer.next() => m,
-            () = stop.cancelled() => None,
-        };
-        let Some(message) = message else { break };
-        let handle = handle.clone();
-        tasks.spawn(async move {
-            handle(message).await;
-            drop(permit);
-        });
-        // Reap finished tasks so the set does not grow.
-        while let Some(done) = tasks.try_join_next() {
-            log_panic(done);
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        log_panic(done);
-    }
-    // Every acknowledgement is in: commit and leave the group.
-    consumer.close().await;
 }
 
 /// A handler that panicked lost its event: never let that pass quietly.

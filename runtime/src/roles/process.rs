@@ -31,7 +31,10 @@ pub fn start(
     for config in configs {
         let worker = PipelineWorker::new(config.clone(), cx)?;
         let (topic, group) = worker.input();
-        let consumer = cx.bus.subscribe(topic, group)?;
+        let consumer = match &config.dedupe_topic {
+            Some(dedupe) => cx.bus.subscribe_deduplicated(topic, group, dedupe)?,
+            None => cx.bus.subscribe(topic, group)?,
+        };
         tasks.spawn(worker.run(consumer, cx.shutdown.consumers.clone()));
     }
     Ok(())

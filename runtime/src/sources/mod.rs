@@ -3,7 +3,7 @@
 //! until shutdown and hands its events to a [`Sink`], which publishes them to the bot's raw
 //! topic and returns only once the bus holds them.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use inputbot_api::bot::{Source, SourceKind};
@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use self::{
     poll::Poller,
     schedule::{Scheduler, SystemClock},
+    state::StateRoot,
 };
 use crate::{bus::BusError, event::Event, secrets::Secrets};
 
 pub mod poll;
 pub mod schedule;
+pub mod state;
 pub mod webhook;
 
 /// Where a source's events go: the bot's raw topic, with metrics and the run summary.
@@ -50,8 +52,8 @@ pub struct SourceContext<'a> {
     pub secrets: &'a Secrets,
     /// The shared outbound HTTP client.
     pub client: &'a reqwest::Client,
-    /// Where a poll source keeps its state; `None` keeps it in memory.
-    pub state: Option<PathBuf>,
+    /// Where poll and schedule sources keep their state; `None` keeps it in memory.
+    pub state: Option<StateRoot>,
     /// Where events go.
     pub sink: SharedSink,
     /// Stops the source.
@@ -92,7 +94,7 @@ pub fn build(source: &Source, cx: SourceContext<'_>) -> Result<Option<SourceTask
                 p,
                 cx.secrets,
                 cx.client.clone(),
-                cx.state,
+                cx.state.as_ref().map(|r| r.source(&source.name, "poll")),
             )
             .map_err(|e| SourceError {
                 field: "poll",
@@ -101,10 +103,16 @@ pub fn build(source: &Source, cx: SourceContext<'_>) -> Result<Option<SourceTask
             Ok(Some(Box::pin(poller.run(cx.sink, cx.shutdown))))
         }
         Some(SourceKind::Schedule(s)) => {
-            let scheduler = Scheduler::new(cx.bot, &source.name, s).map_err(|e| SourceError {
-                field: "schedule",
-                message: e.to_string(),
-            })?;
+            let scheduler = Scheduler::new(cx.bot, &source.name, s)
+                .map_err(|e| SourceError {
+                    field: "schedule",
+                    message: e.to_string(),
+                })?
+                .with_state(
+                    cx.state
+                        .as_ref()
+                        .map(|r| r.source(&source.name, "schedule")),
+                );
             Ok(Some(Box::pin(scheduler.run(
                 Arc::new(SystemClock),
                 cx.sink,

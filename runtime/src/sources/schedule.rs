@@ -10,6 +10,11 @@
 //! while the process was down (or while a previous firing was still being retried) is skipped,
 //! not emitted late. Each emitted event carries its scheduled time as `subject` and as the
 //! `scheduledtime` extension.
+//!
+//! A firing is one event: its id is derived from the bot, the source and the scheduled time
+//! (the same firing emitted twice has one id), it is marked for the raw topic's deduplication
+//! window, and with a [`SourceState`] the last firing is saved, so a restarted (or moved)
+//! scheduler starts after it and never emits that minute again.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,8 +25,20 @@ use inputbot_api::bot::ScheduleSource;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::Sink;
-use crate::{delivery::retry::exponential_backoff, event::Event};
+use super::{Sink, state::SourceState};
+use crate::{bus::kafka::dedupe, delivery::retry::exponential_backoff, event::Event};
+
+/// How long a firing emitted again counts as a duplicate downstream.
+pub const DEDUPE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// What a schedule saves.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Saved {
+    version: u32,
+    /// The scheduled time of the last firing emitted.
+    last_firing: DateTime<Utc>,
+}
 
 /// Event type when the spec sets none.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.inputbot.schedule";
@@ -82,6 +99,23 @@ pub enum ScheduleError {
     TimeZone(String),
 }
 
+/// The id of the firing at `stamp` of source `source` of `bot`: a UUID made of the SHA-256 of
+/// the three, so every emission of one firing has the same id.
+pub fn firing_id(bot: &str, source: &str, stamp: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [bot, source, stamp] {
+        h.update(part.len().to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 /// Fires one `schedule` source.
 pub struct Scheduler {
     bot: String,
@@ -90,6 +124,7 @@ pub struct Scheduler {
     payload: Value,
     cron: croner::Cron,
     tz: Tz,
+    state: Option<SourceState>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -127,7 +162,45 @@ impl Scheduler {
                 .unwrap_or_else(|| Value::Object(Default::default())),
             cron,
             tz,
+            state: None,
         })
+    }
+
+    /// Saves the last firing in `state`, and starts after the one saved there.
+    pub fn with_state(mut self, state: Option<SourceState>) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// The last firing saved, if any (an unreadable state is logged and ignored: the schedule
+    /// then starts from now, as without state).
+    fn last_firing(&self) -> Option<DateTime<Utc>> {
+        let state = self.state.as_ref()?;
+        let parsed = state.load().and_then(|b| {
+            b.map(|b| serde_json::from_slice::<Saved>(&b).map_err(|e| e.to_string()))
+                .transpose()
+        });
+        match parsed {
+            Ok(saved) => saved.map(|s| s.last_firing),
+            Err(e) => {
+                tracing::warn!(bot = %self.bot, source = %self.source, state = %state.describe(),
+                    "cannot read the schedule's state; starting from now: {e}");
+                None
+            }
+        }
+    }
+
+    async fn save_firing(&self, at: DateTime<Utc>) {
+        let Some(state) = &self.state else { return };
+        let bytes = serde_json::to_vec(&Saved {
+            version: 1,
+            last_firing: at,
+        })
+        .unwrap_or_default();
+        if let Err(e) = state.save(bytes).await {
+            tracing::warn!(bot = %self.bot, source = %self.source, state = %state.describe(), scheduled = %at,
+                "cannot save the last firing (a restart may emit it again; downstream drops the copy): {e}");
+        }
     }
 
     /// The next firing strictly after `after`, computed in the spec's time zone (DST-correct),
@@ -158,6 +231,8 @@ impl Scheduler {
             &self.event_type,
             self.payload.clone(),
         );
+        event.id = firing_id(&self.bot, &self.source, &stamp);
+        dedupe::mark(&mut event, "schedule", &stamp, at + DEDUPE_WINDOW);
         event.subject = Some(stamp.clone());
         event
             .extensions
@@ -176,6 +251,10 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         let mut after = clock.now();
+        if let Some(last) = self.last_firing() {
+            tracing::info!(bot = %self.bot, source = %self.source, last = %last, "resuming after the last firing");
+            after = after.max(last);
+        }
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -227,6 +306,7 @@ impl Scheduler {
                         bot = %self.bot, source = %self.source, scheduled = %at,
                         event_id = %event.id, "schedule fired"
                     );
+                    self.save_firing(at).await;
                     return true;
                 }
                 Err(e) if attempt == EMIT_ATTEMPTS => {
@@ -558,5 +638,41 @@ mod tests {
         );
         let err = Scheduler::new("a/b", "c", &spec("0 2 * * *", Some("Mars/Olympus"))).unwrap_err();
         assert!(err.to_string().contains("Mars/Olympus"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restarted_schedule_resumes_after_its_saved_firing_and_one_firing_has_one_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SourceState::from(dir.path().join("s.schedule.json"));
+        let new = || {
+            Scheduler::new("ns/bot", "tick", &spec("* * * * *", None))
+                .unwrap()
+                .with_state(Some(state.clone()))
+        };
+        let first = fire(new(), "2025-03-01T10:00:30Z", 0, 2).await;
+        assert_eq!(
+            scheduled(&first),
+            [utc("2025-03-01T10:01:00Z"), utc("2025-03-01T10:02:00Z")]
+        );
+        // Restarted inside the minute it last fired (a clock behind, a Recreate rollout):
+        // it starts after the saved firing, so 10:02 is not emitted twice.
+        let second = fire(new(), "2025-03-01T10:01:30Z", 0, 1).await;
+        assert_eq!(scheduled(&second), [utc("2025-03-01T10:03:00Z")]);
+        // Without the state, the same firing emitted again has the same id and dedupe key.
+        let again = fire(
+            Scheduler::new("ns/bot", "tick", &spec("* * * * *", None)).unwrap(),
+            "2025-03-01T10:01:30Z",
+            0,
+            1,
+        )
+        .await;
+        assert_eq!(scheduled(&again), [utc("2025-03-01T10:02:00Z")]);
+        assert_eq!(again[0].id, first[1].id);
+        assert_eq!(
+            crate::bus::kafka::dedupe::key_of(&again[0]),
+            crate::bus::kafka::dedupe::key_of(&first[1])
+        );
+        assert_ne!(first[0].id, first[1].id);
+        assert!(uuid::Uuid::parse_str(&first[0].id).is_ok());
     }
 }

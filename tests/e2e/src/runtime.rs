@@ -75,6 +75,38 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// Every topic the components of `resolved` read or write, as the operator provisions them:
+/// `(name, partitions)` with `partitions` for all but the state topics (one partition).
+pub fn all_topics(resolved: &Resolved, partitions: i32) -> Vec<(String, i32)> {
+    let mut out: Vec<(String, i32)> = Vec::new();
+    let mut add = |t: &str, p: i32| {
+        if !out.iter().any(|(n, _)| n == t) {
+            out.push((t.to_owned(), p));
+        }
+    };
+    for c in &resolved.ingest {
+        add(&c.topic, partitions);
+        if let Some(t) = &c.state_topic {
+            add(t, 1);
+        }
+    }
+    for c in &resolved.process {
+        for t in [&c.input_topic, &c.output_topic, &c.dead_letter_topic] {
+            add(t, partitions);
+        }
+        if let Some(t) = &c.dedupe_topic {
+            add(t, partitions);
+        }
+    }
+    for c in &resolved.act {
+        add(&c.input_topic, partitions);
+        for t in c.dead_letter_topic.iter().chain(&c.dedupe_topic) {
+            add(t, partitions);
+        }
+    }
+    out
+}
+
 /// Resolves YAML (as `kubectl apply`d) like the operator does, and writes one component config
 /// file per component into `dir`: `ingest-<bot>.json`, `process-<pipeline>.json`,
 /// `act-<binding>.json`.

@@ -815,6 +815,7 @@ async fn strimzi_mode_writes_kafka_topics_and_keda_lag_scaling_writes_scaled_obj
     assert_eq!(ready(&bot).unwrap().1, "TopicsNotReady");
     for t in [
         topic_name.clone(),
+        format!("inputbot.{n}.s.dedupe"),
         format!("inputbot.{n}.lag.out"),
         format!("inputbot.{n}.lag.dlq"),
     ] {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use inputbot_e2e::runtime::{
-    RoleProcess, Target, create_topics, free_port, inputbot_binary, read_topic, write_configs,
-    write_secret,
+    RoleProcess, Target, all_topics, create_topics, free_port, inputbot_binary, read_topic,
+    write_configs, write_secret,
 };
 use inputbot_e2e::{kafka_bootstrap, unique_suffix};
 use inputbot_runtime::dlq::DeadLetter;
@@ -119,7 +119,9 @@ impl Setup {
             };
             topics.insert(key, act.dead_letter_topic.clone().expect("dead letters on"));
         }
-        let all: Vec<(&str, i32)> = topics.values().map(|t| (t.as_str(), 3)).collect();
+        // Every topic the roles use (the dedupe window too), as the operator creates them.
+        let all = all_topics(&resolved, 3);
+        let all: Vec<(&str, i32)> = all.iter().map(|(t, p)| (t.as_str(), *p)).collect();
         create_topics(&bootstrap, &all).await;
         Setup {
             dir,

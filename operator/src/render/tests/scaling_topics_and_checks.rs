@@ -167,6 +167,19 @@ fn lag_autoscaling_without_keda_renders_no_autoscaler_and_runs_the_minimum_repli
 
 // --- topics ----------------------------------------------------------------------------------
 
+/// A bot's deduplication window: the raw topic's partitions and retention, compacted.
+fn dedupe_request(
+    name: &str,
+    partitions: i32,
+    replication: i16,
+    retention_ms: &str,
+) -> TopicRequest {
+    let mut t = topic_request(name, partitions, replication, retention_ms);
+    t.config
+        .insert("cleanup.policy".to_owned(), "compact,delete".to_owned());
+    t
+}
+
 fn topic_request(
     name: &str,
     partitions: i32,
@@ -189,12 +202,10 @@ fn a_bot_requests_its_raw_topic_with_the_settings_of_its_spec() {
     ));
     assert_eq!(
         plan.topics,
-        vec![topic_request(
-            "inputbot.default.hooks.raw",
-            12,
-            2,
-            "86400000"
-        )]
+        vec![
+            topic_request("inputbot.default.hooks.raw", 12, 2, "86400000"),
+            dedupe_request("inputbot.default.hooks.dedupe", 12, 2, "86400000"),
+        ]
     );
     assert_eq!(
         plan.output_topic.as_deref(),
@@ -208,12 +219,10 @@ fn a_bot_without_topic_settings_requests_the_settings_defaults() {
     let plan = bot_plan(&open_bot("    replicas: 1"));
     assert_eq!(
         plan.topics,
-        vec![topic_request(
-            "inputbot.default.hooks.raw",
-            6,
-            3,
-            "604800000"
-        )]
+        vec![
+            topic_request("inputbot.default.hooks.raw", 6, 3, "604800000"),
+            dedupe_request("inputbot.default.hooks.dedupe", 6, 3, "604800000"),
+        ]
     );
 
     let mut settings = Settings::defaults();
@@ -223,8 +232,54 @@ fn a_bot_without_topic_settings_requests_the_settings_defaults() {
     let plan = bot_plan_with(&open_bot("    replicas: 1"), &settings, NO_KEDA);
     assert_eq!(
         plan.topics,
-        vec![topic_request("inputbot.default.hooks.raw", 9, 1, "7200000")]
+        vec![
+            topic_request("inputbot.default.hooks.raw", 9, 1, "7200000"),
+            dedupe_request("inputbot.default.hooks.dedupe", 9, 1, "7200000"),
+        ]
     );
+}
+
+#[test]
+fn a_bot_with_poll_or_schedule_sources_requests_a_compacted_state_topic_for_its_poller() {
+    let plan = bot_plan(
+        r#"
+apiVersion: inputbot.dev/v1alpha1
+kind: InputBot
+metadata: {name: timed}
+spec:
+  sources:
+    - name: hook
+      webhook: {path: /h, auth: {none: {}}}
+    - name: nightly
+      schedule: {cron: "0 2 * * *"}
+  topic: {replicationFactor: 2}
+"#,
+    );
+    let names: Vec<&str> = plan.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "inputbot.default.timed.raw",
+            "inputbot.default.timed.dedupe",
+            "inputbot.default.timed.state"
+        ]
+    );
+    assert_eq!(
+        plan.topics[2],
+        TopicRequest {
+            name: "inputbot.default.timed.state".into(),
+            partitions: 1,
+            replication_factor: 2,
+            config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
+        }
+    );
+    // The poller's config names the state topic; the webhook intake has no state to keep.
+    let config = |name: &str| config_of(&child(&plan, ChildKind::ConfigMap, name));
+    assert_eq!(
+        config("timed-poller")["stateTopic"],
+        "inputbot.default.timed.state"
+    );
+    assert!(config("timed-ingest").get("stateTopic").is_none());
 }
 
 #[test]

@@ -11,6 +11,11 @@
 //! A record with an `inputbot_redrive_group` header naming another group (a dead letter put
 //! back for one stage only) is acknowledged at once and not handed out.
 //!
+//! A member of a raw topic's group may drop duplicates ([`super::dedupe`]): a keyed record
+//! whose key another offset claimed inside the window is acknowledged at once and not handed
+//! out; the window of a newly assigned partition is rebuilt before any of its keyed records
+//! is.
+//!
 //! Every assignment of a partition gets a fresh epoch: an acknowledgement from before a revoke
 //! (the event is now redelivered to the partition's next owner) changes nothing.
 
@@ -34,10 +39,14 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{codec, watermark::Watermark};
+use super::{
+    codec,
+    dedupe::{self, Dedupe, Verdict},
+    watermark::Watermark,
+};
 use crate::{
     bus::{Consumer, Message},
-    metrics::{CommitLabels, Metrics, PartitionLabels},
+    metrics::{CommitLabels, GroupLabels, Metrics, PartitionLabels},
 };
 
 /// One assigned partition.
@@ -97,6 +106,7 @@ pub struct GroupContext {
     group: String,
     assignment: Arc<Assignment>,
     metrics: Option<Arc<Metrics>>,
+    dedupe: Option<Arc<Dedupe>>,
 }
 
 impl ClientContext for GroupContext {
@@ -145,6 +155,9 @@ impl ConsumerContext for GroupContext {
                 .map(|e| e.partition())
                 .collect();
             let commit = self.assignment.release(&self.topic, Some(&revoked));
+            if let Some(d) = &self.dedupe {
+                d.release(Some(&revoked));
+            }
             if commit.count() > 0
                 && let Err(e) = base.commit(&commit, CommitMode::Sync)
             {
@@ -219,6 +232,8 @@ pub struct KafkaConsumer {
     topic: String,
     group: String,
     closed: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
+    dedupe: Option<Arc<Dedupe>>,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -231,13 +246,15 @@ impl std::fmt::Debug for KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    /// Joins `group` on `topic` with `config` (connection settings already in it).
+    /// Joins `group` on `topic` with `config` (connection settings already in it), dropping
+    /// duplicates with `dedupe` when given.
     pub(super) fn join(
         mut config: rdkafka::ClientConfig,
         topic: &str,
         group: &str,
         closed: CancellationToken,
         metrics: Option<Arc<Metrics>>,
+        dedupe: Option<Arc<Dedupe>>,
     ) -> Result<Self, KafkaError> {
         if metrics.is_some() {
             config.set("statistics.interval.ms", "5000");
@@ -257,7 +274,8 @@ impl KafkaConsumer {
             topic: topic.to_owned(),
             group: group.to_owned(),
             assignment: Arc::new(Assignment::default()),
-            metrics,
+            metrics: metrics.clone(),
+            dedupe: dedupe.clone(),
         };
         let inner: Inner = config.create_with_context(context)?;
         inner.subscribe(&[topic])?;
@@ -266,6 +284,8 @@ impl KafkaConsumer {
             topic: topic.to_owned(),
             group: group.to_owned(),
             closed,
+            metrics,
+            dedupe,
         })
     }
 
@@ -280,7 +300,9 @@ impl KafkaConsumer {
         })
     }
 
-    fn message(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    /// Decodes a record and tracks its offset: the event, where it is, its assignment epoch,
+    /// and the acknowledgement that stores its offset.
+    fn receive(&self, record: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         let event = codec::decode(record.headers(), record.key(), record.payload());
         let (partition, offset) = (record.partition(), record.offset());
         let assignment = self.inner.context().assignment.clone();
@@ -295,7 +317,7 @@ impl KafkaConsumer {
         };
         let consumer: Weak<Inner> = Arc::downgrade(&self.inner);
         let topic = self.topic.clone();
-        Message::new(event, move || {
+        let ack = move || {
             let position = {
                 let mut map = assignment.lock();
                 match map.get_mut(&partition) {
@@ -311,8 +333,130 @@ impl KafkaConsumer {
                     tracing::debug!(target: "inputbot::bus", "offset {position} of {topic}/{partition} not stored (revoked meanwhile): {e}");
                 }
             }
-        })
+        };
+        Received {
+            event,
+            partition,
+            offset,
+            epoch,
+            for_us: self.for_us(record),
+            redriven: is_redriven(record),
+            ack: Box::new(ack),
+        }
     }
+
+    /// Rebuilds the dedupe window of `partition` for `epoch` unless it is built; retries until
+    /// it is, or the consumer closes (`false`).
+    async fn window_ready(&self, dedupe: &Arc<Dedupe>, partition: i32, epoch: u64) -> bool {
+        let mut failures = 0u32;
+        while !dedupe.ready(partition, epoch) {
+            let d = dedupe.clone();
+            let started = std::time::Instant::now();
+            let built = tokio::task::spawn_blocking(move || d.rebuild(partition, epoch))
+                .await
+                .unwrap_or_else(|e| Err(format!("the rebuild task failed: {e}")));
+            match built {
+                Ok(n) => {
+                    tracing::info!(target: "inputbot::bus", group = %self.group, topic = %self.topic,
+                        partition, keys = n, ms = started.elapsed().as_millis() as u64,
+                        "dedupe window rebuilt");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(target: "inputbot::bus", group = %self.group, topic = %self.topic,
+                        partition, failures, "cannot rebuild the dedupe window (retrying; nothing is handed out meanwhile): {e}");
+                    tokio::select! {
+                        () = self.closed.cancelled() => return false,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Turns a received record into the message to hand out, or `None` when it is not to be
+    /// handed out (for another group, or a duplicate: acknowledged here).
+    async fn admit(&self, r: Received) -> Option<Option<Message>> {
+        let Received {
+            event,
+            partition,
+            offset,
+            epoch,
+            for_us,
+            redriven,
+            ack,
+        } = r;
+        if !for_us {
+            // Redriven to another group: handled by skipping it.
+            ack();
+            return Some(None);
+        }
+        let position = crate::bus::Position {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        };
+        let (Some(dedupe), false, Some((key, until))) =
+            (&self.dedupe, redriven, dedupe::key_of(&event))
+        else {
+            return Some(Some(Message::new(event, ack).at(position)));
+        };
+        if !self.window_ready(dedupe, partition, epoch).await {
+            return None;
+        }
+        match dedupe.check(partition, offset, &key, until) {
+            Verdict::Duplicate { first } => {
+                if let Some(m) = &self.metrics {
+                    m.kafka_duplicates_dropped
+                        .get_or_create(&GroupLabels {
+                            group: self.group.clone(),
+                        })
+                        .inc();
+                }
+                tracing::info!(target: "inputbot::events", group = %self.group, event = %event.id,
+                    partition, offset, first, "duplicate dropped (its first copy was handed out)");
+                ack();
+                Some(None)
+            }
+            Verdict::Fresh { claim: false } => Some(Some(Message::new(event, ack).at(position))),
+            Verdict::Fresh { claim: true } => {
+                let (d, stop) = (dedupe.clone(), self.closed.clone());
+                Some(Some(
+                    Message::new(event, move || {
+                        // The claim is durable before the offset is stored.
+                        d.started();
+                        tokio::spawn(async move {
+                            if d.write_claim(partition, offset, &key, until, &stop).await {
+                                ack();
+                            }
+                            d.finished();
+                        });
+                    })
+                    .at(position),
+                ))
+            }
+        }
+    }
+}
+
+/// A record as received, before it is admitted.
+struct Received {
+    event: crate::event::Event,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+    for_us: bool,
+    redriven: bool,
+    ack: Box<dyn FnOnce() + Send>,
+}
+
+/// Whether a record was put back by `dlq redrive` (never a duplicate of itself).
+fn is_redriven(record: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    use rdkafka::message::Headers as _;
+    record
+        .headers()
+        .is_some_and(|h| h.iter().any(|x| x.key == super::dlq::REDRIVE_GROUP))
 }
 
 impl Consumer for KafkaConsumer {
@@ -321,12 +465,14 @@ impl Consumer for KafkaConsumer {
             loop {
                 let received = tokio::select! {
                     () = self.closed.cancelled() => return None,
-                    r = self.inner.recv() => r.map(|m| (self.message(&m), self.for_us(&m))),
+                    r = self.inner.recv() => r.map(|m| self.receive(&m)),
                 };
                 match received {
-                    Ok((message, true)) => return Some(message),
-                    // Redriven to another group: handled by skipping it.
-                    Ok((message, false)) => message.ack(),
+                    Ok(r) => match self.admit(r).await {
+                        Some(Some(message)) => return Some(message),
+                        Some(None) => {}
+                        None => return None,
+                    },
                     Err(e) => {
                         tracing::warn!(target: "inputbot::bus", topic = %self.topic, group = %self.group,
                             "kafka consumer: {e}");
@@ -346,8 +492,13 @@ impl Consumer for KafkaConsumer {
                 inner,
                 topic,
                 group,
+                dedupe,
                 ..
             } = *self;
+            // Claims still being written hold back their offsets: let them land first.
+            if let Some(d) = &dedupe {
+                d.settle(Duration::from_secs(10)).await;
+            }
             // Commit the watermark, then leave the group (dropping the consumer closes it:
             // librdkafka revokes, commits stored offsets and leaves, polling until done).
             let result = tokio::task::spawn_blocking(move || {

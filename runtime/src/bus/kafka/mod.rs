@@ -23,8 +23,11 @@
 
 pub mod codec;
 pub mod consumer;
+pub mod dedupe;
 pub mod dlq;
+pub mod reader;
 pub mod settings;
+pub mod state;
 pub mod watermark;
 
 use std::{
@@ -352,6 +355,41 @@ impl KafkaBus {
             .await
     }
 
+    fn join(
+        &self,
+        topic: &str,
+        group: &str,
+        dedupe: Option<Arc<dedupe::Dedupe>>,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        self.note_topic(topic);
+        let consumer = KafkaConsumer::join(
+            self.settings.client_config(),
+            topic,
+            group,
+            self.closed.child_token(),
+            self.metrics.get().cloned(),
+            dedupe,
+        )
+        .map_err(|e| BusError::Kafka(format!("joining group {group} on {topic}: {e}")))?;
+        Ok(Box::new(consumer))
+    }
+
+    /// The producer (for the dedupe window and the source state).
+    pub(crate) fn producer(&self) -> &FutureProducer<ProducerContext> {
+        &self.producer
+    }
+
+    /// Publishes `event` to `topic` with record key `key` (the kafka action's own key).
+    pub async fn publish_keyed(
+        &self,
+        topic: &str,
+        key: &str,
+        event: &Event,
+    ) -> Result<(), BusError> {
+        let (headers, value) = codec::encode(event);
+        self.produce(topic, key, headers, &value).await
+    }
+
     fn note_topic(&self, topic: &str) {
         let mut set = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         if !set.contains(topic) {
@@ -408,16 +446,23 @@ impl Bus for KafkaBus {
     }
 
     fn subscribe(&self, topic: &str, group: &str) -> Result<Box<dyn Consumer>, BusError> {
-        self.note_topic(topic);
-        let consumer = KafkaConsumer::join(
-            self.settings.client_config(),
-            topic,
+        self.join(topic, group, None)
+    }
+
+    fn subscribe_deduplicated(
+        &self,
+        topic: &str,
+        group: &str,
+        dedupe_topic: &str,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        self.note_topic(dedupe_topic);
+        let dedupe = dedupe::Dedupe::new(
+            dedupe_topic,
             group,
-            self.closed.child_token(),
-            self.metrics.get().cloned(),
-        )
-        .map_err(|e| BusError::Kafka(format!("joining group {group} on {topic}: {e}")))?;
-        Ok(Box::new(consumer))
+            self.settings.client_config(),
+            self.producer.clone(),
+        );
+        self.join(topic, group, Some(Arc::new(dedupe)))
     }
 
     fn healthy(&self) -> bool {

@@ -38,10 +38,10 @@ pub enum PollError {
         /// What is wrong (never the value).
         message: String,
     },
-    /// The state file could not be read or written.
-    #[error("poll state file {path}: {message}")]
+    /// The saved state could not be read or written.
+    #[error("poll state {path}: {message}")]
     State {
-        /// File path.
+        /// The state file, or the state topic and key.
         path: String,
         /// What went wrong.
         message: String,

@@ -37,7 +37,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use inputbot_api::{bot::PollSource, config::FailureClass};
 use reqwest::{StatusCode, Url, header};
@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::error::PollError;
 use self::state::SeenIds;
-use super::Sink;
-use crate::{event::Event, outbound, secrets::Secrets};
+use super::{Sink, state::SourceState};
+use crate::{bus::kafka::dedupe, event::Event, outbound, secrets::Secrets};
 
 /// How many item ids a poller remembers; the least recently seen are forgotten first.
 pub const SEEN_CAPACITY: usize = 10_000;
@@ -58,6 +58,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Event type when the spec sets none.
 pub const DEFAULT_EVENT_TYPE: &str = "dev.inputbot.poll";
+
+/// How long a re-emitted item counts as a duplicate downstream.
+pub const DEDUPE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// Request timeout when the spec sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,7 +78,7 @@ pub struct Poller {
     items_path: Option<String>,
     id_field: Option<String>,
     client: reqwest::Client,
-    state_path: Option<PathBuf>,
+    state: Option<SourceState>,
     etag: Option<String>,
     last_modified: Option<String>,
     body_sha256: Option<String>,
@@ -108,7 +111,7 @@ impl Poller {
         spec: &PollSource,
         secrets: &Secrets,
         client: reqwest::Client,
-        state: Option<PathBuf>,
+        state: Option<SourceState>,
     ) -> Result<Self, PollError> {
         let url = Url::parse(&spec.url).map_err(|e| PollError::Config {
             field: "url",
@@ -216,7 +219,7 @@ impl Poller {
             items_path: spec.items_path.clone(),
             id_field: spec.id_field.clone(),
             client,
-            state_path: state,
+            state,
             etag: None,
             last_modified: None,
             body_sha256: None,
@@ -328,6 +331,11 @@ impl Poller {
             }
             let mut event = Event::new(&self.bot, &self.source, &self.event_type, item);
             event.subject = id;
+            // Emitted again (a restart between the emit and the state save, a forgotten id
+            // back in the feed), the item is still one event downstream.
+            if let Some(key) = &key {
+                dedupe::mark(&mut event, "poll", key, chrono::Utc::now() + DEDUPE_WINDOW);
+            }
             match sink.emit(event).await {
                 Ok(()) => {
                     emitted += 1;

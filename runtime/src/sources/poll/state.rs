@@ -1,15 +1,14 @@
 //! What a poller remembers: the ids it has emitted (bounded, least recently seen forgotten
-//! first, never fewer than the current response holds) and the validators of the last complete response, persisted atomically to a state
-//! file after every poll that changed them.
+//! first, never fewer than the current response holds) and the validators of the last complete
+//! response, saved after every poll that changed them ([`SourceState`]: a file written
+//! atomically, or the bot's compacted state topic in a cluster).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    path::{Path, PathBuf},
-};
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use super::{PollError, Poller};
+use crate::sources::state::SourceState;
 
 /// What a state file holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -99,47 +98,45 @@ impl SeenIds {
 
 impl Poller {
     pub(super) fn load_state(&mut self) -> Result<(), PollError> {
-        let Some(path) = &self.state_path else {
+        let Some(state) = &self.state else {
             return Ok(());
         };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(state_error(path, format!("cannot read: {e}"))),
+        let Some(bytes) = state.load().map_err(|m| state_error(state, m))? else {
+            return Ok(());
         };
-        let state: StateFile = serde_json::from_slice(&bytes)
-            .map_err(|e| state_error(path, format!("not a poll state file: {e}")))?;
-        if state.version != STATE_VERSION {
+        let saved: StateFile = serde_json::from_slice(&bytes)
+            .map_err(|e| state_error(state, format!("not a poll state: {e}")))?;
+        if saved.version != STATE_VERSION {
             return Err(state_error(
-                path,
+                state,
                 format!(
                     "expected state version {STATE_VERSION}, found {}",
-                    state.version
+                    saved.version
                 ),
             ));
         }
-        self.seen.hold_at_least(state.seen.len());
-        for id in &state.seen {
+        self.seen.hold_at_least(saved.seen.len());
+        for id in &saved.seen {
             self.seen.touch(id);
         }
-        if state.url == self.url.as_str() {
-            self.etag = state.etag;
-            self.last_modified = state.last_modified;
-            self.body_sha256 = state.body_sha256;
+        if saved.url == self.url.as_str() {
+            self.etag = saved.etag;
+            self.last_modified = saved.last_modified;
+            self.body_sha256 = saved.body_sha256;
         } else {
             tracing::info!(
                 bot = %self.bot, source = %self.source,
-                "the poll URL changed since the state file was written; fetching it afresh"
+                "the poll URL changed since the state was saved; fetching it afresh"
             );
         }
         Ok(())
     }
 
     pub(super) async fn save_state(&self) -> Result<(), PollError> {
-        let Some(path) = self.state_path.clone() else {
+        let Some(state) = &self.state else {
             return Ok(());
         };
-        let state = StateFile {
+        let saved = StateFile {
             version: STATE_VERSION,
             url: self.url.to_string(),
             etag: self.etag.clone(),
@@ -147,57 +144,15 @@ impl Poller {
             body_sha256: self.body_sha256.clone(),
             seen: self.seen.to_vec(),
         };
-        let bytes = serde_json::to_vec(&state)
-            .map_err(|e| state_error(&path, format!("cannot serialize: {e}")))?;
-        let shown = path.display().to_string();
-        tokio::task::spawn_blocking(move || {
-            write_atomically(&path, &bytes).map_err(|e| state_error(&path, e.to_string()))
-        })
-        .await
-        .map_err(|e| PollError::State {
-            path: shown,
-            message: format!("the writer task failed: {e}"),
-        })?
+        let bytes = serde_json::to_vec(&saved)
+            .map_err(|e| state_error(state, format!("cannot serialize: {e}")))?;
+        state.save(bytes).await.map_err(|m| state_error(state, m))
     }
 }
 
-fn state_error(path: &Path, message: String) -> PollError {
+fn state_error(state: &SourceState, message: String) -> PollError {
     PollError::State {
-        path: path.display().to_string(),
+        path: state.describe(),
         message,
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// crash leaves either the old or the new content.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "poll-state".into());
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.{}.tmp",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

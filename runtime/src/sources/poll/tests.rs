@@ -2,6 +2,7 @@
 //! dedupe by id and by content, items paths, failures and backoff, the state file, and what
 //! an emit failure leaves behind.
 
+use std::path::PathBuf;
 use std::sync::{
     Mutex,
     atomic::{AtomicUsize, Ordering},
@@ -75,7 +76,7 @@ fn poller(spec: &PollSource, state: Option<PathBuf>) -> Poller {
         spec,
         &no_secrets(),
         reqwest::Client::new(),
-        state,
+        state.map(Into::into),
     )
     .unwrap()
 }
@@ -423,7 +424,7 @@ async fn the_state_file_survives_a_new_poller() {
         &s,
         &no_secrets(),
         reqwest::Client::new(),
-        Some(state),
+        Some(state.into()),
     )
     .unwrap_err();
     assert!(matches!(&err, PollError::State { .. }), "{err:?}");

@@ -77,6 +77,11 @@ impl Idempotency {
         }
     }
 
+    /// How long a key is remembered.
+    pub(super) fn window(&self) -> Duration {
+        self.window
+    }
+
     pub(super) fn claim(&self, key: &str, event_id: &str) -> Claim {
         let key = hash(key);
         let mut inner = self.inner.lock().expect("idempotency lock");

@@ -59,7 +59,7 @@ use self::{
     request::{Refusal, lower_case_headers, parse},
 };
 use crate::{
-    bus::Bus,
+    bus::{Bus, kafka::dedupe},
     metrics::{self, Metrics, RejectLabels},
     secrets::Secrets,
 };
@@ -500,12 +500,22 @@ async fn accept(
         None => None,
     };
     // The idempotency key partitions the event on Kafka (CloudEvents' `partitionkey`), so every
-    // copy of one key lands on one partition, in order.
+    // copy of one key lands on one partition, in order — where the raw topic's consumers drop
+    // the copies that reached other ingest replicas (`bus::kafka::dedupe`). A replay id marks
+    // the event the same way (its copies share the source's partition).
     if let Some(key) = &key {
         event.extensions.insert(
             crate::bus::kafka::codec::PARTITION_KEY.to_owned(),
             key.clone(),
         );
+        let window = route.idempotency.as_ref().map(|(_, s)| s.window());
+        let until = chrono::Utc::now()
+            + window
+                .and_then(|w| chrono::TimeDelta::from_std(w).ok())
+                .unwrap_or(chrono::TimeDelta::hours(24));
+        dedupe::mark(&mut event, "idempotency", key, until);
+    } else if let (Some(id), Some(until)) = (&verified.delivery_id, verified.replay_until) {
+        dedupe::mark(&mut event, "replay", id, chrono::DateTime::from(until));
     }
     // Publish and its bookkeeping run in their own task: if the client goes away meanwhile
     // (hyper drops this future), the idempotency claim is still confirmed or released and the

@@ -297,6 +297,7 @@ impl HmacVerifier {
                 None => format!("body.{digest}"),
             });
         }
+        let mut replay_until = None;
         if let Some(key) = &id {
             let window = self.replay_window();
             // Keep the key until the request's timestamp can no longer pass either.
@@ -308,6 +309,7 @@ impl HmacVerifier {
                 }
                 None => now_expiry,
             };
+            replay_until = Some(expires);
             let mut table = self
                 .replay
                 .lock()
@@ -318,6 +320,7 @@ impl HmacVerifier {
                     return Ok(Verified {
                         delivery_id: id,
                         repeat: true,
+                        replay_until,
                     });
                 }
                 Seen::Pending => {
@@ -331,6 +334,7 @@ impl HmacVerifier {
         Ok(Verified {
             delivery_id: id,
             repeat: false,
+            replay_until,
         })
     }
 

@@ -88,6 +88,10 @@ pub struct Verified {
     /// The same signed content was accepted before, inside the replay window: answer `2xx`
     /// as a duplicate and publish nothing (a sender's retry, or a captured request resent).
     pub repeat: bool,
+    /// Until when the replay key is remembered (the replay window, or the signed timestamp's
+    /// tolerance if later): a copy that reached another replica is dropped downstream until
+    /// then.
+    pub replay_until: Option<SystemTime>,
 }
 
 /// Why a request was refused. Messages never contain a secret or a signature value.
