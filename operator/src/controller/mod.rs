@@ -233,12 +233,36 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
     // while a topic is missing, so nothing waits for the broker but Ready itself.
     let (topics, applied) =
         tokio::join!(ensure_topics(obj, ctx, &plan), apply_children(ctx, &plan));
-    applied?;
-    let (topics_ok, topics_message) = topics?;
+    // Prune every reconcile: it reads the stores only, and a child created by an earlier
+    // spec that shows up late wakes this owner again.
+    let children = match applied {
+        Ok(()) => prune(ctx, &plan).await,
+        Err(e) => Err(e),
+    };
+    let (topics_ok, topics_message) = match (children, topics) {
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            // Transient (retried with backoff), but a person may have to act (RBAC, a broker
+            // that refuses): say so in the status and a Warning, not only in the log.
+            let conditions = vec![
+                cond("Ready", false, e.label(), &e.to_string(), generation),
+                cond(
+                    "ReferencesResolved",
+                    true,
+                    "Resolved",
+                    "every reference exists",
+                    generation,
+                ),
+            ];
+            if let Err(w) =
+                write_status(&api, obj, ctx, conditions, obj.status_fields(Some(&plan))).await
+            {
+                warn!(kind = K::KIND, %name, error = %w, "cannot report a failure in the status");
+            }
+            return Err(e);
+        }
+        (Ok(()), Ok(topics)) => topics,
+    };
     let key = (uid.clone(), generation);
-    // Every reconcile: it reads the stores only, and a child created by an earlier spec that
-    // shows up late wakes this owner again.
-    prune(ctx, &plan).await?;
     if !ctx.warned.lock().expect("lock").contains(&key) {
         ctx.warned.lock().expect("lock").insert(key);
         // Once per spec generation: a steady state publishes nothing.
@@ -325,7 +349,13 @@ async fn reconcile_object<K: Reconciled>(obj: &K, ctx: &Context) -> Result<Actio
 fn derived_topics<K: Reconciled>(obj: &K) -> Vec<String> {
     let (n, name) = (ns(obj), obj.name_any());
     match K::KIND {
-        "InputBot" => vec![inputbot_api::names::raw_topic(&n, &name)],
+        // The state topic exists only with poll or schedule sources; deleting a missing
+        // topic is a no-op for both provisioners.
+        "InputBot" => vec![
+            inputbot_api::names::raw_topic(&n, &name),
+            inputbot_api::names::dedupe_topic(&n, &name),
+            inputbot_api::names::state_topic(&n, &name),
+        ],
         "Pipeline" => vec![
             inputbot_api::names::out_topic(&n, &name),
             inputbot_api::names::pipeline_dlq_topic(&n, &name),
@@ -585,7 +615,11 @@ async fn workload_ready(ctx: &Context, plan: &Plan) -> (bool, String) {
             .rollouts
             .lock()
             .expect("lock")
-            .get(&(ChildKind::Deployment, plan.owner.namespace.clone(), name.clone()))
+            .get(&(
+                ChildKind::Deployment,
+                plan.owner.namespace.clone(),
+                name.clone(),
+            ))
             .copied()
             .unwrap_or(0);
         let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);

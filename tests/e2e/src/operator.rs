@@ -90,6 +90,19 @@ impl OperatorProcess {
 
     /// Starts the operator with exactly these arguments (plus a fresh metrics port).
     pub fn start_with(args: Vec<String>) -> OperatorProcess {
+        Self::spawn(args, setting("KUBECONFIG"))
+    }
+
+    /// Starts the operator with exactly these arguments, authenticating with `kubeconfig`
+    /// (e.g. one impersonating a ServiceAccount, so RBAC decides what it may do).
+    pub fn start_with_kubeconfig(
+        args: Vec<String>,
+        kubeconfig: &std::path::Path,
+    ) -> OperatorProcess {
+        Self::spawn(args, Some(kubeconfig.display().to_string()))
+    }
+
+    fn spawn(args: Vec<String>, kubeconfig: Option<String>) -> OperatorProcess {
         let metrics = format!("127.0.0.1:{}", free_port());
         let dir = std::env::temp_dir().join("inputbot-e2e-operators");
         std::fs::create_dir_all(&dir).expect("a log directory");
@@ -104,7 +117,7 @@ impl OperatorProcess {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("a log file"))
             .stderr(file);
-        if let Some(kubeconfig) = setting("KUBECONFIG") {
+        if let Some(kubeconfig) = kubeconfig {
             cmd.env("KUBECONFIG", kubeconfig);
         }
         let child = cmd.spawn().expect("starting inputbot-operator");
