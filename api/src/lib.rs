@@ -13,6 +13,7 @@
 //! Nothing here talks to a cluster or a broker; the operator and the runtime depend on this
 //! crate, never on each other.
 
+pub mod auth;
 pub mod binding;
 pub mod bot;
 pub mod common;

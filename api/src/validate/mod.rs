@@ -12,10 +12,12 @@
 //!   mod.rs       Problem, Severity, Options; validate() walks the set with one Checker per resource
 //!   fields.rs    checks shared by every kind: names, durations, Secrets, headers, URLs, expressions
 //!   bot.rs       InputBot: sources, webhook auth, poll, schedule
+//!   auth.rs      jwt and apiKey webhook auth, OAuth2 client credentials
 //!   pipeline.rs  Pipeline: steps and the bot it reads
 //!   binding.rs   ActionBinding: the reference, when, the action, delivery, notify
 //! ```
 
+mod auth;
 mod binding;
 mod bot;
 mod fields;

@@ -318,6 +318,7 @@ impl HmacVerifier {
                     return Ok(Verified {
                         delivery_id: id,
                         repeat: true,
+                        auth: None,
                     });
                 }
                 Seen::Pending => {
@@ -331,6 +332,7 @@ impl HmacVerifier {
         Ok(Verified {
             delivery_id: id,
             repeat: false,
+            auth: None,
         })
     }
 

@@ -48,6 +48,8 @@ fn hmac_auth(h: HmacAuth) -> WebhookAuth {
         hmac: Some(h),
         bearer: None,
         basic: None,
+        jwt: None,
+        api_key: None,
         none: None,
     }
 }
@@ -291,6 +293,8 @@ fn none_passes_everything() {
             hmac: None,
             bearer: None,
             basic: None,
+            jwt: None,
+            api_key: None,
             none: Some(NoAuth {}),
         },
         &[],
@@ -371,6 +375,8 @@ fn configuration_errors_name_the_ref_never_the_value() {
         hmac: None,
         bearer: None,
         basic: None,
+        jwt: None,
+        api_key: None,
         none: None,
     };
     let err = build(&none, &[]).unwrap_err();
