@@ -81,8 +81,11 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
+    /// Whether a token naming `kid` has a key here (a key without an id counts).
     pub(super) fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        self.keys
+            .iter()
+            .any(|k| k.kid.as_deref().is_none_or(|id| id == kid))
     }
 
     /// The keys that may verify a token with this `alg` and `kid`.
@@ -91,9 +94,10 @@ impl KeySet {
         self.keys.iter().filter(move |k| {
             k.key.family() == family
                 && k.alg.is_none_or(|a| a == alg)
-                && match kid {
-                    Some(kid) => k.kid.as_deref() == Some(kid),
-                    None => true,
+                // A key without an id may verify any token; a key with one only tokens naming it.
+                && match (kid, k.kid.as_deref()) {
+                    (Some(wanted), Some(id)) => wanted == id,
+                    _ => true,
                 }
         })
     }
