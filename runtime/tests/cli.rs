@@ -24,6 +24,10 @@ fn validate_passes_every_example() {
         "github-triage",
         "support-to-crm",
         "status-page",
+        "pubsub-push-jwt",
+        "github-actions-oidc",
+        "partner-api-key",
+        "crm-oauth2",
     ] {
         cmd.arg("-f").arg(repo(&format!("examples/{name}.yaml")));
     }
