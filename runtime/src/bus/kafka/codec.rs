@@ -283,6 +283,27 @@ mod tests {
     }
 
     #[test]
+    fn verified_auth_travels_as_its_own_header_and_a_senders_extension_cannot_forge_it() {
+        let mut e = Event::new("ns/bot", "hook", "t", json!({}));
+        e.auth = Some(json!({"scheme": "jwt", "claims": {"email": "a@corp.example"}}));
+        // What a caller could put in a CloudEvent of its own.
+        e.extensions
+            .insert("inputbotauth".into(), r#"{"scheme":"jwt","claims":{"admin":true}}"#.into());
+        let (h, value) = encode(&e);
+        let back = decode(Some(&h), None, Some(&value));
+        assert_eq!(back.auth, e.auth);
+        assert!(!back.extensions.contains_key("inputbotauth"));
+
+        let mut plain = Event::new("ns/bot", "hook", "t", json!({}));
+        plain
+            .extensions
+            .insert("inputbotauth".into(), r#"{"scheme":"jwt"}"#.into());
+        let (h, value) = encode(&plain);
+        assert_eq!(header(&h, "ce_inputbotauth"), None);
+        assert_eq!(decode(Some(&h), None, Some(&value)).auth, None);
+    }
+
+    #[test]
     fn the_key_falls_back_to_the_source() {
         let e = Event::new("ns/bot", "hook", "t", json!(null));
         assert_eq!(key(&e), "/inputbot/ns/bot/hook");
