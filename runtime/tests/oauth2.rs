@@ -24,6 +24,11 @@ use inputbot_runtime::{
 use serde_json::json;
 use support::*;
 
+/// (Authorization header, form body) of each token request.
+type TokenRequests = Arc<Mutex<Vec<(Option<String>, String)>>>;
+/// (path, Authorization header) of each API request.
+type ApiRequests = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 const CLIENT_SECRET: &str = "s3cr3t-client-value";
 
 /// A token endpoint: each request gets `tok-<n>`, valid for `expires_in` seconds, after
@@ -31,7 +36,7 @@ const CLIENT_SECRET: &str = "s3cr3t-client-value";
 #[derive(Clone)]
 struct TokenServer {
     url: String,
-    requests: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    requests: TokenRequests,
 }
 
 impl TokenServer {
@@ -77,7 +82,7 @@ impl TokenServer {
 #[derive(Clone)]
 struct Api {
     base: String,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: ApiRequests,
     refused: Arc<Mutex<Vec<String>>>,
 }
 

@@ -57,7 +57,7 @@ impl ApiKey {
     ) -> Result<Verified, AuthError> {
         let given = match headers.get(&self.header) {
             Some(v) => v.as_bytes().to_vec(),
-            None => match self.from_query(query) {
+            None => match self.in_query(query) {
                 Some(v) => v,
                 None => {
                     return Err(AuthError::MissingApiKey {
@@ -94,7 +94,7 @@ impl ApiKey {
     }
 
     /// The key in the query string, when the spec allows one there.
-    fn from_query(&self, query: Option<&str>) -> Option<Vec<u8>> {
+    fn in_query(&self, query: Option<&str>) -> Option<Vec<u8>> {
         let name = self.query.as_deref()?;
         url::form_urlencoded::parse(query?.as_bytes())
             .find(|(k, _)| k == name)
