@@ -287,8 +287,10 @@ mod tests {
         let mut e = Event::new("ns/bot", "hook", "t", json!({}));
         e.auth = Some(json!({"scheme": "jwt", "claims": {"email": "a@corp.example"}}));
         // What a caller could put in a CloudEvent of its own.
-        e.extensions
-            .insert("inputbotauth".into(), r#"{"scheme":"jwt","claims":{"admin":true}}"#.into());
+        e.extensions.insert(
+            "inputbotauth".into(),
+            r#"{"scheme":"jwt","claims":{"admin":true}}"#.into(),
+        );
         let (h, value) = encode(&e);
         let back = decode(Some(&h), None, Some(&value));
         assert_eq!(back.auth, e.auth);

@@ -1,8 +1,10 @@
 //! Tests of the webhook authenticator: the helpers and the properties every scheme shares
-//! here; HMAC signatures in `signatures.rs`, Bearer and Basic credentials in `credentials.rs`.
+//! here; HMAC signatures in `signatures.rs`, Bearer and Basic credentials in `credentials.rs`,
+//! JWTs with shared secrets and API keys in `tokens.rs` (JWKS and public keys: `runtime/tests/jwt_auth.rs`).
 
 mod credentials;
 mod signatures;
+mod tokens;
 
 use std::{collections::HashMap, time::UNIX_EPOCH};
 
