@@ -302,12 +302,11 @@ impl JwtVerifier {
                 "token_unknown_key",
                 match kid {
                     Some(kid) => format!(
-                        "expected a key id ({}) among the {}, found {kid:?}",
-                        self.source(),
-                        "configured keys"
+                        "expected a key id known to {}, found {kid:?}",
+                        self.source()
                     ),
                     None => format!(
-                        "expected a key for {:?} among the {}, found none",
+                        "expected a {:?} key among {}, found none",
                         header.alg,
                         self.source()
                     ),
@@ -322,7 +321,6 @@ impl JwtVerifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = 0;
-        let mut last = None;
         for key in candidates {
             match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
                 Ok(data) => {
@@ -332,11 +330,11 @@ impl JwtVerifier {
                         ..Verified::default()
                     });
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
+                // Another key of the same id or family may still verify it.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {}
                 Err(e) => return Err(self.claim_error(e)),
             }
         }
-        let _ = last;
         Err(AuthError::token(
             "token_signature",
             format!(
