@@ -560,3 +560,30 @@ fn a_jwks_that_is_down_fails_closed_with_a_clear_log_line() {
     );
     assert!(!stderr.contains(&token), "the log quotes the token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jwks_larger_than_its_limit_is_not_used() {
+    let es = Signer::new(Algorithm::ES256, "es-1");
+    let jwks = JwksServer::start(&[&es]).await;
+    // Valid keys, padded past the 64 KiB default of jwks.maxBytes.
+    jwks.doc.lock().unwrap()["padding"] = json!("x".repeat(70 * 1024));
+    let target = Target::start(Behaviour::Ok).await;
+    let (engine, _dir) = start(&bot(&jwks.url, "0s", &target.url("/in"))).await;
+    let url = format!("http://{}/push", engine.addr().unwrap());
+    let (status, answer) = post(&url, Some(&es.sign(&claims()))).await;
+    assert_eq!(
+        (status, reason(&answer)),
+        (503, "keys_unavailable"),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("larger than 65536 bytes")),
+        "{answer}"
+    );
+    // Trimmed back, the same token passes without a restart.
+    jwks.publish(&[&es]);
+    assert_eq!(post(&url, Some(&es.sign(&claims()))).await.0, 202);
+    engine.shutdown().await;
+}
