@@ -135,8 +135,9 @@ pub struct WebhookSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub schema: Option<serde_json::Value>,
-    /// A CEL expression over `headers` (lower-cased names), `data` and `event` whose value
-    /// identifies a delivery, e.g. `headers['x-github-delivery']`. A repeat inside
+    /// A CEL expression over `headers` (lower-cased names), `data`, `event` and `auth` (e.g.
+    /// a verified JWT's `auth.claims.jti`) whose value identifies a delivery, e.g.
+    /// `headers['x-github-delivery']`. A repeat inside
     /// `idempotencyWindow` is answered `202` and not published again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
