@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::OAuth2ClientCredentials;
 use crate::common::{
     CommonStatus, DeletionPolicy, Duration, Headers, LocalRef, RateLimit, SecretKeyRef,
     TopicSettings, TopicStatus, Workload,
@@ -169,6 +170,10 @@ pub struct HttpAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub idempotency_header: Option<String>,
+    /// Authenticate with an OAuth2 access token (client credentials), sent as
+    /// `Authorization: Bearer …`; a `401` refreshes the token once and retries once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2ClientCredentials>,
 }
 
 // HTTP methods for actions.

@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{ApiKeyAuth, JwtAuth, OAuth2ClientCredentials};
 use crate::common::{
     CommonStatus, DeletionPolicy, Duration, Headers, RateLimit, SecretKeyRef, TopicSettings,
     Workload, any_object, any_value,
@@ -134,8 +135,9 @@ pub struct WebhookSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub schema: Option<serde_json::Value>,
-    /// A CEL expression over `headers` (lower-cased names), `data` and `event` whose value
-    /// identifies a delivery, e.g. `headers['x-github-delivery']`. A repeat inside
+    /// A CEL expression over `headers` (lower-cased names), `data`, `event` and `auth` (e.g.
+    /// a verified JWT's `auth.claims.jti`) whose value identifies a delivery, e.g.
+    /// `headers['x-github-delivery']`. A repeat inside
     /// `idempotencyWindow` is answered `202` and not published again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
@@ -152,7 +154,7 @@ pub struct WebhookSource {
 /// Webhook authentication; exactly one kind.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.hmac), has(self.bearer), has(self.basic), has(self.none)].filter(x, x).size() == 1").message("set exactly one of hmac, bearer, basic or none"))]
+#[x_kube(validation = Rule::new("[has(self.hmac), has(self.bearer), has(self.basic), has(self.jwt), has(self.apiKey), has(self.none)].filter(x, x).size() == 1").message("set exactly one of hmac, bearer, basic, jwt, apiKey or none"))]
 pub struct WebhookAuth {
     /// Verify an HMAC signature of the raw body, as GitHub, Stripe, Slack, Shopify and
     /// Standard Webhooks senders sign it.
@@ -164,6 +166,15 @@ pub struct WebhookAuth {
     /// Require HTTP basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicAuth>,
+    /// Require `Authorization: Bearer <JWT>`: a JSON Web Token verified against a JWKS URL or
+    /// keys from Secrets, with the expected issuer and audience. Its claims are visible to CEL
+    /// as `auth.claims`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+    /// Require an API key in a header (or, when enabled, a query parameter), one of several
+    /// keys from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyAuth>,
     /// Accept requests without authentication. Must be written out (`none: {}`), so an open
     /// endpoint is always a decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -310,6 +321,10 @@ pub struct PollSource {
     /// Timeout of one request. Defaults to 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Authenticate with an OAuth2 access token (client credentials), sent as
+    /// `Authorization: Bearer …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2ClientCredentials>,
     /// CloudEvent `type` of emitted events. Defaults to `dev.inputbot.poll`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]

@@ -14,6 +14,7 @@
 //! crate, never on each other.
 
 pub mod ai;
+pub mod auth;
 pub mod binding;
 pub mod bot;
 pub mod common;

@@ -191,6 +191,10 @@ pub struct EnrichHttp {
     /// (continue without the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_error: Option<OnError>,
+    /// Authenticate with an OAuth2 access token (client credentials), sent as
+    /// `Authorization: Bearer …`; a `401` refreshes the token once and retries once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<crate::auth::OAuth2ClientCredentials>,
 }
 
 // HTTP methods for enrichment.

@@ -152,7 +152,52 @@ fn cel_rules_reject_violations_with_their_messages() {
         (
             "InputBot",
             bot(json!([{"name": "a", "webhook": {"path": "/a", "auth": {}}}])),
-            "set exactly one of hmac, bearer, basic or none",
+            "set exactly one of hmac, bearer, basic, jwt, apiKey or none",
+        ),
+        (
+            "InputBot",
+            bot(
+                json!([{"name": "a", "webhook": {"path": "/a", "auth": {"jwt": {
+                "issuer": "https://i.test", "audience": ["a"], "algorithms": ["RS256", "HS256"],
+                "jwks": {"url": "https://i.test/jwks"}}}}}]),
+            ),
+            "HS256, HS384 and HS512 need sharedSecretRefs",
+        ),
+        (
+            "InputBot",
+            bot(
+                json!([{"name": "a", "webhook": {"path": "/a", "auth": {"jwt": {
+                "issuer": "https://i.test", "audience": ["a"],
+                "sharedSecretRefs": [{"name": "s", "key": "k"}]}}}}]),
+            ),
+            "sharedSecretRefs need algorithms, and only HS256, HS384 or HS512",
+        ),
+        (
+            "InputBot",
+            bot(
+                json!([{"name": "a", "webhook": {"path": "/a", "auth": {"jwt": {
+                "issuer": "https://i.test", "audience": ["a"]}}}}]),
+            ),
+            "set exactly one of jwks, keySecretRefs or sharedSecretRefs",
+        ),
+        (
+            "InputBot",
+            bot(
+                json!([{"name": "a", "webhook": {"path": "/a", "auth": {"jwt": {
+                "issuer": "https://i.test", "audience": ["a"], "algorithms": ["ES256", "ES256"],
+                "jwks": {"url": "https://i.test/jwks"}}}}}]),
+            ),
+            "algorithms must not repeat",
+        ),
+        (
+            "InputBot",
+            bot(
+                json!([{"name": "a", "poll": {"url": "https://f.test", "interval": "1m",
+                "oauth2": {"tokenUrl": "https://t.test", "clientId": "c",
+                           "clientIdSecretRef": {"name": "s", "key": "id"},
+                           "clientSecretRef": {"name": "s", "key": "k"}}}}]),
+            ),
+            "set exactly one of clientId or clientIdSecretRef",
         ),
         (
             "InputBot",

@@ -250,7 +250,7 @@ const CASES: &[Case] = &[
         "/spec/sources/0/webhook/auth",
         "{}",
         "spec.sources[0].webhook.auth",
-        "exactly one of hmac, bearer, basic or none",
+        "exactly one of hmac, bearer, basic, jwt, apiKey or none",
     ),
     set(
         "auth with two kinds",
@@ -258,7 +258,7 @@ const CASES: &[Case] = &[
         "/spec/sources/0/webhook/auth/none",
         "{}",
         "spec.sources[0].webhook.auth",
-        "exactly one of hmac, bearer, basic or none",
+        "exactly one of hmac, bearer, basic, jwt, apiKey or none",
     ),
     remove(
         "auth missing",

@@ -40,6 +40,11 @@ pub struct Event {
     /// Other CloudEvent extension attributes, passed through.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extensions: BTreeMap<String, String>,
+    /// `inputbotauth`: what the webhook's auth verified, set by intake only (never taken from a
+    /// request): `{"scheme": "jwt", "claims": {…}}` or `{"scheme": "apiKey", "key": "<secret>/<key>"}`.
+    /// CEL and templates see it as `auth` (`{}` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Value>,
 }
 
 impl Event {
@@ -57,6 +62,7 @@ impl Event {
             bot_source: bot_source.to_owned(),
             traceparent: Some(new_traceparent()),
             extensions: BTreeMap::new(),
+            auth: None,
         }
     }
 
@@ -86,6 +92,12 @@ impl Event {
             .with("data", self.data.clone())
             .with("event", self.attributes())
             .with("labels", json!(self.labels))
+            .with("auth", self.auth_value())
+    }
+
+    /// What CEL sees as `auth`: the verified auth, or `{}`.
+    pub fn auth_value(&self) -> Value {
+        self.auth.clone().unwrap_or_else(|| json!({}))
     }
 }
 

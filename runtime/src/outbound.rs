@@ -19,7 +19,11 @@
 //!   `..` refused, so an event cannot move the request elsewhere in the path;
 //! - [`resolve_headers`]: configured headers, literal or from Secrets (marked sensitive);
 //! - the message helpers ([`chain`], [`one_line`], [`human`]) that keep errors on one line and
-//!   free of URLs.
+//!   free of URLs;
+//! - [`oauth2`]: OAuth2 client credentials — the token cache, its single-flight fetch, and
+//!   [`send_request_with`], which refreshes the token once on a `401` and sends once more.
+
+pub mod oauth2;
 
 use std::time::Duration;
 
@@ -36,6 +40,8 @@ use crate::{
     delivery::AttemptError,
     secrets::{FieldError, Secrets},
 };
+
+pub use self::oauth2::{OAuth2, send_request_with};
 
 /// [`FailureClass::Other`] (memory stays bounded).
 pub const MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;

@@ -25,7 +25,7 @@ fn validate_passes_every_example() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 7, "{files:?}");
+    assert!(files.len() >= 11, "{files:?}");
     for file in &files {
         cmd.arg("-f").arg(file);
     }

@@ -59,11 +59,11 @@ impl From<EvalError> for String {
 /// Where an expression runs, which decides the names it may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// At webhook intake: `headers`, `data`, `event`.
+    /// At webhook intake: `headers`, `data`, `event`, `auth`.
     Intake,
-    /// In a pipeline step or an action: `data`, `event`, `labels`.
+    /// In a pipeline step or an action: `data`, `event`, `labels`, `auth`.
     Event,
-    /// In a dead-letter notice: `data`, `event`, `labels`, `error`.
+    /// In a dead-letter notice: `data`, `event`, `labels`, `auth`, `error`.
     DeadLetter,
 }
 
@@ -71,9 +71,9 @@ impl Scope {
     /// The variables an expression in this scope may use.
     pub fn variables(self) -> &'static [&'static str] {
         match self {
-            Scope::Intake => &["headers", "data", "event"],
-            Scope::Event => &["data", "event", "labels"],
-            Scope::DeadLetter => &["data", "event", "labels", "error"],
+            Scope::Intake => &["headers", "data", "event", "auth"],
+            Scope::Event => &["data", "event", "labels", "auth"],
+            Scope::DeadLetter => &["data", "event", "labels", "auth", "error"],
         }
     }
 }

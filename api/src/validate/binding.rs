@@ -107,6 +107,9 @@ impl Checker<'_> {
                         format!("expected an HTTP header name, found {hdr:?}"),
                     );
                 }
+                if let Some(o) = &h.oauth2 {
+                    self.oauth2(&format!("{f}.oauth2"), o, &h.headers);
+                }
             }
             ActionKind::Slack(s) => self.slack(&format!("{f}.slack"), s, Scope::Event),
             ActionKind::Email(e) => {

@@ -117,6 +117,9 @@ impl Checker<'_> {
                     }
                 }
                 self.positive_duration(&format!("{f}.timeout"), p.timeout.as_ref());
+                if let Some(o) = &p.oauth2 {
+                    self.oauth2(&format!("{f}.oauth2"), o, &p.headers);
+                }
             }
             SourceKind::Schedule(s) => {
                 let f = format!("{f}.schedule");
@@ -144,14 +147,25 @@ impl Checker<'_> {
             auth.hmac.is_some(),
             auth.bearer.is_some(),
             auth.basic.is_some(),
+            auth.jwt.is_some(),
+            auth.api_key.is_some(),
             auth.none.is_some(),
         ]
         .iter()
         .filter(|x| **x)
         .count();
         if set != 1 {
-            self.error(f, "set exactly one of hmac, bearer, basic or none");
+            self.error(
+                f,
+                "set exactly one of hmac, bearer, basic, jwt, apiKey or none",
+            );
             return;
+        }
+        if let Some(j) = &auth.jwt {
+            self.jwt(&format!("{f}.jwt"), j);
+        }
+        if let Some(k) = &auth.api_key {
+            self.api_key(&format!("{f}.apiKey"), k);
         }
         if let Some(h) = &auth.hmac {
             let f = format!("{f}.hmac");

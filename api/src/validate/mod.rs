@@ -12,6 +12,7 @@
 //!   mod.rs       Problem, Severity, Options; validate() walks the set with one Checker per resource
 //!   fields.rs    checks shared by every kind: names, durations, Secrets, headers, URLs, expressions
 //!   bot.rs       InputBot: sources, webhook auth, poll, schedule
+//!   auth.rs      jwt and apiKey webhook auth, OAuth2 client credentials
 //!   pipeline.rs  Pipeline: steps and the bot it reads
 //!   ai.rs        the ai step: endpoint, API key, prompts, the answer's schema, retry, cache
 //!   binding.rs   ActionBinding: the reference, when, the action, delivery, notify
@@ -19,6 +20,7 @@
 //! ```
 
 mod ai;
+mod auth;
 mod binding;
 mod bot;
 mod fields;

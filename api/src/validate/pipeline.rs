@@ -63,6 +63,9 @@ impl<'a> Checker<'a> {
                     }
                     self.positive_duration(&format!("{f}.cacheTTL"), h.cache_ttl.as_ref());
                     self.positive_duration(&format!("{f}.timeout"), h.timeout.as_ref());
+                    if let Some(o) = &h.oauth2 {
+                        self.oauth2(&format!("{f}.oauth2"), o, &h.headers);
+                    }
                 }
                 StepKind::Classify(c) => {
                     for (j, rule) in c.rules.iter().enumerate() {

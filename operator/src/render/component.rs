@@ -395,6 +395,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn finds_the_secrets_of_jwt_api_key_and_oauth2_so_they_are_mounted() {
+        let config = json!({
+            "sources": [
+                {"webhook": {"auth": {"jwt": {"keySecretRefs": [{"name": "issuer", "key": "pem"}]}}}},
+                {"webhook": {"auth": {"jwt": {"sharedSecretRefs": [{"name": "issuer", "key": "hs"}]}}}},
+                {"webhook": {"auth": {"apiKey": {"secretRefs": [{"name": "keys", "key": "a"}, {"name": "keys", "key": "b"}]}}}},
+                {"poll": {"oauth2": {"clientIdSecretRef": {"name": "crm", "key": "id"},
+                                     "clientSecretRef": {"name": "crm", "key": "secret"}}}}
+            ]
+        });
+        assert_eq!(
+            secret_refs(&config),
+            BTreeMap::from([
+                ("crm".into(), BTreeSet::from(["id".into(), "secret".into()])),
+                ("issuer".into(), BTreeSet::from(["hs".into(), "pem".into()])),
+                ("keys".into(), BTreeSet::from(["a".into(), "b".into()])),
+            ])
+        );
+    }
+
+    #[test]
     fn finds_every_secret_reference_in_a_config() {
         let config = json!({
             "sources": [{"webhook": {"auth": {"hmac": {

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     delivery::AttemptError,
     event::Event,
-    outbound::{redact_url, render_url, resolve_headers, send_request},
+    outbound::{OAuth2, redact_url, render_url, resolve_headers, send_request_with},
     secrets::Secrets,
 };
 
@@ -39,6 +39,7 @@ pub(super) struct HttpImpl {
     body: HttpBody,
     timeout: Duration,
     idempotency_header: Option<HeaderName>,
+    oauth2: Option<OAuth2>,
     client: reqwest::Client,
 }
 
@@ -61,6 +62,7 @@ impl fmt::Debug for HttpImpl {
                 "idempotency_header",
                 &self.idempotency_header.as_ref().map(HeaderName::as_str),
             )
+            .field("oauth2", &self.oauth2)
             .finish()
     }
 }
@@ -128,6 +130,17 @@ impl HttpImpl {
                 BuildError::invalid("http.idempotencyHeader", "not a valid header name")
             })?),
         };
+        let oauth2 = spec
+            .oauth2
+            .as_ref()
+            .map(|o| OAuth2::new(o, secrets, "http.oauth2", client.clone()))
+            .transpose()?;
+        if oauth2.is_some() && headers.contains_key(http::header::AUTHORIZATION) {
+            return Err(BuildError::invalid(
+                "http.headers.Authorization",
+                "cannot be set with http.oauth2, which sends the Authorization header",
+            ));
+        }
         Ok(Self {
             url_source: spec.url.clone(),
             url,
@@ -136,6 +149,7 @@ impl HttpImpl {
             body,
             timeout: timeout_of(spec.timeout.as_ref(), "http.timeout", DEFAULT_HTTP_TIMEOUT)?,
             idempotency_header,
+            oauth2,
             client,
         })
     }
@@ -223,7 +237,15 @@ impl ActionImpl for HttpImpl {
         Box::pin(async move {
             let request = self.request(event)?;
             let target = format!("{} {}", request.method(), redact_url(request.url()));
-            send_request(&self.client, request, self.timeout, "", &target).await?;
+            send_request_with(
+                &self.client,
+                self.oauth2.as_ref(),
+                request,
+                self.timeout,
+                "",
+                &target,
+            )
+            .await?;
             Ok(())
         })
     }

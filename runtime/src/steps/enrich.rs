@@ -29,6 +29,7 @@ pub(super) struct Enricher {
     timeout: Duration,
     cache_ttl: Option<Duration>,
     skip_on_error: bool,
+    oauth2: Option<outbound::OAuth2>,
     client: reqwest::Client,
     cache: Mutex<HashMap<String, (Instant, Value)>>,
 }
@@ -65,6 +66,12 @@ impl Enricher {
                 .transpose()
                 .map_err(|e| ("cacheTTL".to_owned(), e))?,
             skip_on_error: spec.on_error == Some(OnError::Skip),
+            oauth2: spec
+                .oauth2
+                .as_ref()
+                .map(|o| outbound::OAuth2::new(o, secrets, "oauth2", client.clone()))
+                .transpose()
+                .map_err(|e| ("oauth2".to_owned(), e.to_string()))?,
             client,
             cache: Mutex::new(HashMap::new()),
         })
@@ -108,9 +115,30 @@ impl Enricher {
         }
         .headers(self.headers.clone())
         .header("accept", "application/json");
-        let (_, _, bytes) = outbound::send(&self.client, request, self.timeout, "enrich")
-            .await
-            .map_err(|e| (e.message, e.status))?;
+        let request = request.build().map_err(|e| {
+            (
+                format!(
+                    "enrich: cannot build the request: {}",
+                    outbound::chain(&e.without_url())
+                ),
+                None,
+            )
+        })?;
+        let target = format!(
+            "{} {}",
+            request.method(),
+            outbound::redact_url(request.url())
+        );
+        let (_, _, bytes) = outbound::send_request_with(
+            &self.client,
+            self.oauth2.as_ref(),
+            request,
+            self.timeout,
+            "enrich: ",
+            &target,
+        )
+        .await
+        .map_err(|e| (e.message, e.status))?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             (
                 format!(

@@ -5,7 +5,8 @@
 //! ```text
 //!  key      partitionkey extension, else the event's source
 //!  headers  ce_specversion ce_id ce_source ce_type ce_time [ce_subject]
-//!           ce_inputbotbot ce_inputbotsource [ce_inputbotlabels (JSON array)] [ce_<extension>…]
+//!           ce_inputbotbot ce_inputbotsource [ce_inputbotlabels (JSON array)]
+//!           [ce_inputbotauth (JSON object: the verified auth)] [ce_<extension>…]
 //!           content-type  traceparent
 //!  value    the data, JSON
 //! ```
@@ -40,6 +41,7 @@ const OWN: &[&str] = &[
     "ce_inputbotbot",
     "ce_inputbotsource",
     "ce_inputbotlabels",
+    "ce_inputbotauth",
     "ce_traceparent",
     "ce_datacontenttype",
 ];
@@ -83,6 +85,10 @@ fn event_headers(headers: OwnedHeaders, event: &Event) -> OwnedHeaders {
     }
     if let Some(labels) = &labels {
         h = h.insert(text("ce_inputbotlabels", labels));
+    }
+    let auth = event.auth.as_ref().map(Value::to_string);
+    if let Some(auth) = &auth {
+        h = h.insert(text("ce_inputbotauth", auth));
     }
     if let Some(tp) = &event.traceparent {
         h = h.insert(text("traceparent", tp));
@@ -190,6 +196,10 @@ pub fn decode<H: Headers>(headers: Option<&H>, key: Option<&[u8]>, value: Option
         .remove("inputbotlabels")
         .and_then(|l| serde_json::from_str(&l).ok())
         .unwrap_or_default();
+    let auth = ce
+        .remove("inputbotauth")
+        .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+        .filter(Value::is_object);
     if traceparent.is_none() {
         traceparent = ce.remove("traceparent");
     }
@@ -212,6 +222,7 @@ pub fn decode<H: Headers>(headers: Option<&H>, key: Option<&[u8]>, value: Option
         bot_source,
         traceparent,
         extensions: ce,
+        auth,
     }
 }
 
@@ -269,6 +280,29 @@ mod tests {
         let back = decode(Some(&h), Some(b"k-1"), Some(&value));
         // Times keep their precision through RFC 3339.
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn verified_auth_travels_as_its_own_header_and_a_senders_extension_cannot_forge_it() {
+        let mut e = Event::new("ns/bot", "hook", "t", json!({}));
+        e.auth = Some(json!({"scheme": "jwt", "claims": {"email": "a@corp.example"}}));
+        // What a caller could put in a CloudEvent of its own.
+        e.extensions.insert(
+            "inputbotauth".into(),
+            r#"{"scheme":"jwt","claims":{"admin":true}}"#.into(),
+        );
+        let (h, value) = encode(&e);
+        let back = decode(Some(&h), None, Some(&value));
+        assert_eq!(back.auth, e.auth);
+        assert!(!back.extensions.contains_key("inputbotauth"));
+
+        let mut plain = Event::new("ns/bot", "hook", "t", json!({}));
+        plain
+            .extensions
+            .insert("inputbotauth".into(), r#"{"scheme":"jwt"}"#.into());
+        let (h, value) = encode(&plain);
+        assert_eq!(header(&h, "ce_inputbotauth"), None);
+        assert_eq!(decode(Some(&h), None, Some(&value)).auth, None);
     }
 
     #[test]

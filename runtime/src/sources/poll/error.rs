@@ -38,6 +38,15 @@ pub enum PollError {
         /// What is wrong (never the value).
         message: String,
     },
+    /// The OAuth2 block cannot be used (its Secrets, its URL).
+    #[error("poll source {0}")]
+    OAuth2Config(String),
+    /// No OAuth2 token could be had.
+    #[error("poll source: {message}")]
+    Token {
+        /// Why (names the token URL, never a credential).
+        message: String,
+    },
     /// The saved state could not be read or written.
     #[error("poll state {path}: {message}")]
     State {
@@ -117,6 +126,8 @@ impl PollError {
             PollError::Secret { .. } => "secret",
             PollError::Header { .. } => "header",
             PollError::State { .. } => "state",
+            PollError::OAuth2Config(_) => "config",
+            PollError::Token { .. } => "oauth2",
             PollError::Status { .. } => "status",
             PollError::Timeout { .. } => "timeout",
             PollError::Connection { .. } => "connection",

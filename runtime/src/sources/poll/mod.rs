@@ -75,6 +75,7 @@ pub struct Poller {
     interval: Duration,
     timeout: Duration,
     headers: header::HeaderMap,
+    oauth2: Option<outbound::OAuth2>,
     items_path: Option<String>,
     id_field: Option<String>,
     client: reqwest::Client,
@@ -204,6 +205,12 @@ impl Poller {
             headers.append(header_name, header_value);
         }
 
+        let oauth2 = spec
+            .oauth2
+            .as_ref()
+            .map(|o| outbound::OAuth2::new(o, secrets, "oauth2", client.clone()))
+            .transpose()
+            .map_err(|e| PollError::OAuth2Config(e.to_string()))?;
         let mut poller = Self {
             bot: bot.to_owned(),
             source: source.to_owned(),
@@ -216,6 +223,7 @@ impl Poller {
             interval,
             timeout,
             headers,
+            oauth2,
             items_path: spec.items_path.clone(),
             id_field: spec.id_field.clone(),
             client,
@@ -244,18 +252,15 @@ impl Poller {
     /// response (`If-None-Match`, `If-Modified-Since`). `304` (and `204`) emit nothing; any
     /// other 2xx is parsed as JSON and each new item is emitted. Returns how many were emitted.
     pub async fn poll_once(&mut self, sink: &dyn Sink) -> Result<usize, PollError> {
-        let mut request = self
-            .client
-            .get(self.url.clone())
-            .headers(self.headers.clone())
-            .timeout(self.timeout);
-        if let Some(etag) = &self.etag {
-            request = request.header(header::IF_NONE_MATCH, etag);
+        let mut response = self.get().await?;
+        // OAuth2: a refused token is replaced once and the poll sent once more.
+        if response.0.status() == StatusCode::UNAUTHORIZED
+            && let (Some(oauth), Some(token)) = (&self.oauth2, &response.1)
+        {
+            oauth.invalidate(token);
+            response = self.get().await?;
         }
-        if let Some(lm) = &self.last_modified {
-            request = request.header(header::IF_MODIFIED_SINCE, lm);
-        }
-        let response = request.send().await.map_err(|e| self.request_error(e))?;
+        let response = response.0;
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED || status == StatusCode::NO_CONTENT {
             return Ok(0);
@@ -415,6 +420,38 @@ impl Poller {
 
     /// A failed exchange, classified as every outbound call is ([`outbound::failure_class`]);
     /// a poll has no use for "the request's fault", so that counts as a connection failure.
+    /// One conditional GET, with a token when the source has OAuth2 (returned too, so that a
+    /// `401` can drop it).
+    async fn get(
+        &self,
+    ) -> Result<(reqwest::Response, Option<Arc<outbound::oauth2::Token>>), PollError> {
+        let mut request = self
+            .client
+            .get(self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(self.timeout);
+        if let Some(etag) = &self.etag {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = &self.last_modified {
+            request = request.header(header::IF_MODIFIED_SINCE, lm);
+        }
+        let token = match &self.oauth2 {
+            Some(oauth) => Some(
+                oauth
+                    .token()
+                    .await
+                    .map_err(|e| PollError::Token { message: e.message })?,
+            ),
+            None => None,
+        };
+        if let Some(token) = &token {
+            request = request.header(header::AUTHORIZATION, token.authorization());
+        }
+        let response = request.send().await.map_err(|e| self.request_error(e))?;
+        Ok((response, token))
+    }
+
     fn request_error(&self, e: reqwest::Error) -> PollError {
         match outbound::failure_class(&e) {
             FailureClass::Timeout => PollError::Timeout {

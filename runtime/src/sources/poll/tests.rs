@@ -59,6 +59,7 @@ fn spec(url: &str) -> PollSource {
         items_path: None,
         id_field: None,
         timeout: Some("2s".into()),
+        oauth2: None,
         event_type: None,
     }
 }

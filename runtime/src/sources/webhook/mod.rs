@@ -282,7 +282,7 @@ async fn webhook(
     };
     let labels = metrics::source(&route.bot, &route.source);
     intake.metrics.received.get_or_create(&labels).inc();
-    match accept(&intake, &route, method, &headers, body).await {
+    match accept(&intake, &route, method, uri.query(), &headers, body).await {
         Ok((status, body)) => {
             intake
                 .metrics
@@ -315,6 +315,7 @@ async fn accept(
     intake: &Intake,
     route: &Arc<Route>,
     method: Method,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Value), Refusal> {
@@ -393,10 +394,15 @@ async fn accept(
     };
     let verified = route
         .auth
-        .verify(headers, &bytes, SystemTime::now())
+        .check(headers, query, &bytes, SystemTime::now())
+        .await
         .map_err(|e: AuthError| {
             let mut refusal = Refusal::new(e.status(), e.reason(), e.to_string());
-            refusal.challenge = route.auth.challenge();
+            if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+                refusal = refusal.retry_after(30);
+            } else {
+                refusal.challenge = route.auth.challenge();
+            }
             refusal
         })?;
     if verified.repeat {
@@ -420,6 +426,8 @@ async fn accept(
             return Err(r);
         }
     };
+    // Only what intake verified, never anything the request says about itself.
+    event.auth = verified.auth.clone();
     if let Some(schema) = &route.schema {
         let errors: Vec<(String, String)> = schema
             .iter_errors(&event.data)
@@ -455,7 +463,8 @@ async fn accept(
             let vars = Activation::new()
                 .with("headers", lower_case_headers(headers))
                 .with("data", event.data.clone())
-                .with("event", event.attributes());
+                .with("event", event.attributes())
+                .with("auth", event.auth_value());
             let expr_ = expr.clone();
             let computed = crate::eval::run(Limits::default(), move || {
                 expr_.eval(&vars).map_err(EvalError::Failed)

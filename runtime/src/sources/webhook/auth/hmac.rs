@@ -321,6 +321,7 @@ impl HmacVerifier {
                         delivery_id: id,
                         repeat: true,
                         replay_until,
+                        auth: None,
                     });
                 }
                 Seen::Pending => {
@@ -335,6 +336,7 @@ impl HmacVerifier {
             delivery_id: id,
             repeat: false,
             replay_until,
+            auth: None,
         })
     }
 

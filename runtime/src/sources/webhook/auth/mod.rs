@@ -19,6 +19,8 @@
 //! | `generic` | configured | body, or `{ts}.{body}` | (ts +) digest of the body |
 //! | `bearer` | `Authorization: Bearer <token>` | — | — |
 //! | `basic` | `Authorization: Basic base64(user:pass)` | — | — |
+//! | `jwt` | `Authorization: Bearer <JWT>` | header.payload | — |
+//! | `apiKey` | `X-API-Key: <key>` (or a query parameter, opt-in) | — | — |
 //! | `none` | — | — | — |
 //!
 //! Every comparison is constant-time, and every configured secret (the `secretRef` and the
@@ -40,12 +42,18 @@
 //!   hmac.rs     the HMAC verifier
 //!   bearer.rs   Bearer tokens
 //!   basic.rs    Basic credentials
+//!   jwt.rs      JSON Web Tokens: algorithm allowlist, keys, signature, iss/aud/exp/nbf/iat
+//!   jwks.rs     a JWKS URL's keys: fetched with limits, cached, refreshed on unknown kids
+//!   apikey.rs   API keys in a header or (opt-in) a query parameter
 //!   replay.rs   the bounded replay table
 //! ```
 
+mod apikey;
 mod basic;
 mod bearer;
 mod hmac;
+mod jwks;
+mod jwt;
 mod presets;
 mod replay;
 #[cfg(test)]
@@ -60,7 +68,7 @@ use inputbot_api::bot::WebhookAuth;
 use inputbot_api::common::SecretKeyRef;
 use sha2::Digest as _;
 
-use self::{basic::Basic, bearer::Bearer, hmac::HmacVerifier};
+use self::{apikey::ApiKey, basic::Basic, bearer::Bearer, hmac::HmacVerifier, jwt::JwtVerifier};
 
 /// How many replay keys are remembered at most; the oldest is evicted first.
 pub const REPLAY_CAPACITY: usize = 100_000;
@@ -92,6 +100,9 @@ pub struct Verified {
     /// tolerance if later): a copy that reached another replica is dropped downstream until
     /// then.
     pub replay_until: Option<SystemTime>,
+    /// What CEL sees as `auth` for this request, when the scheme says more than "passed":
+    /// `{"scheme": "jwt", "claims": {…}}` or `{"scheme": "apiKey", "key": "<secret>/<key>"}`.
+    pub auth: Option<serde_json::Value>,
 }
 
 /// Why a request was refused. Messages never contain a secret or a signature value.
@@ -160,6 +171,32 @@ pub enum AuthError {
         /// What was checked, e.g. `the bearer token`.
         what: &'static str,
     },
+    /// No API key where the spec expects one.
+    #[error("missing API key: expected {expected}, found none")]
+    MissingApiKey {
+        /// Where the key was expected.
+        expected: String,
+    },
+    /// A JSON Web Token that does not verify.
+    #[error("invalid token: {message}")]
+    Token {
+        /// A stable label: `token_too_large`, `token_malformed`, `token_algorithm`,
+        /// `token_unknown_key`, `token_signature`, `token_issuer`, `token_audience`,
+        /// `token_claims`, `token_expired`, `token_not_yet_valid`, `token_issued_in_future`.
+        label: &'static str,
+        /// What was expected and found (never the token).
+        message: String,
+    },
+    /// The keys to verify tokens with cannot be had (the JWKS never answered): fail closed.
+    #[error(
+        "keys unavailable: cannot verify tokens until the JWKS at {url} answers ({reason}); retry later"
+    )]
+    KeysUnavailable {
+        /// The JWKS URL, redacted.
+        url: String,
+        /// Why the fetch failed.
+        reason: String,
+    },
 }
 
 impl AuthError {
@@ -174,20 +211,33 @@ impl AuthError {
             AuthError::Malformed { .. } => "malformed",
             AuthError::MissingCredentials { .. } => "missing_credentials",
             AuthError::BadCredentials { .. } => "bad_credentials",
+            AuthError::MissingApiKey { .. } => "missing_credentials",
+            AuthError::Token { label, .. } => label,
+            AuthError::KeysUnavailable { .. } => "keys_unavailable",
         }
     }
 
-    /// The HTTP status to answer with: 409 for a replay, 400 for a malformed header, 401
-    /// otherwise.
+    pub(super) fn token(label: &'static str, message: impl Into<String>) -> Self {
+        AuthError::Token {
+            label,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status to answer with: 409 for a replay, 400 for a malformed header, 503 when
+    /// the keys cannot be had, 401 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             AuthError::Replayed { .. } => StatusCode::CONFLICT,
+            AuthError::KeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Malformed { .. } => StatusCode::BAD_REQUEST,
             AuthError::MissingSignature { .. }
             | AuthError::BadSignature { .. }
             | AuthError::StaleTimestamp { .. }
             | AuthError::MissingCredentials { .. }
-            | AuthError::BadCredentials { .. } => StatusCode::UNAUTHORIZED,
+            | AuthError::BadCredentials { .. }
+            | AuthError::MissingApiKey { .. }
+            | AuthError::Token { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 }
@@ -196,7 +246,9 @@ impl AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
     /// The spec sets no kind of auth, or more than one.
-    #[error("webhook auth: expected exactly one of hmac, bearer, basic or none, found {found}")]
+    #[error(
+        "webhook auth: expected exactly one of hmac, bearer, basic, jwt, apiKey or none, found {found}"
+    )]
     NotExactlyOne {
         /// The kinds that were set, e.g. `"none"` or `"hmac and bearer"`.
         found: String,
@@ -255,6 +307,14 @@ pub enum AuthConfigError {
         /// What was wrong.
         reason: String,
     },
+    /// A field that cannot be used as written.
+    #[error("webhook auth: {field}: {message}")]
+    Invalid {
+        /// The spec field, e.g. `jwt.jwks.url`.
+        field: String,
+        /// What is wrong (never a secret value).
+        message: String,
+    },
     /// A field the chosen preset fixes.
     #[error("webhook auth: hmac.{field} cannot be set with preset {preset}: the preset fixes it")]
     FixedByPreset {
@@ -275,6 +335,8 @@ enum Scheme {
     Hmac(Box<HmacVerifier>),
     Bearer(Bearer),
     Basic(Basic),
+    Jwt(Box<JwtVerifier>),
+    ApiKey(ApiKey),
     None,
 }
 
@@ -307,6 +369,23 @@ impl fmt::Debug for WebhookAuthenticator {
                 .debug_struct("WebhookAuthenticator")
                 .field("scheme", &"basic")
                 .finish_non_exhaustive(),
+            Scheme::Jwt(j) => f
+                .debug_struct("WebhookAuthenticator")
+                .field("scheme", &"jwt")
+                .field("issuer", &j.issuer)
+                .field("audience", &j.audience)
+                .field("algorithms", &j.algorithms)
+                .field("keys", &j.source())
+                .field("skew", &j.skew)
+                .field("max_token_bytes", &j.max_token_bytes)
+                .finish(),
+            Scheme::ApiKey(k) => f
+                .debug_struct("WebhookAuthenticator")
+                .field("scheme", &"apiKey")
+                .field("header", &k.header.as_str())
+                .field("query", &k.query)
+                .field("keys", &k.keys())
+                .finish(),
             Scheme::None => f
                 .debug_struct("WebhookAuthenticator")
                 .field("scheme", &"none")
@@ -369,6 +448,12 @@ impl WebhookAuthenticator {
         if auth.basic.is_some() {
             kinds.push("basic");
         }
+        if auth.jwt.is_some() {
+            kinds.push("jwt");
+        }
+        if auth.api_key.is_some() {
+            kinds.push("apiKey");
+        }
         if auth.none.is_some() {
             kinds.push("none");
         }
@@ -392,6 +477,10 @@ impl WebhookAuthenticator {
                 &b.password_secret_ref,
             )?;
             Scheme::Basic(Basic::new(&b.username, &password))
+        } else if let Some(j) = &auth.jwt {
+            Scheme::Jwt(Box::new(JwtVerifier::new(j, secret)?))
+        } else if let Some(k) = &auth.api_key {
+            Scheme::ApiKey(ApiKey::new(k, secret)?)
         } else {
             Scheme::None
         };
@@ -399,8 +488,26 @@ impl WebhookAuthenticator {
     }
 
     /// Checks a request before its body is parsed: its signature over the raw `body` (or its
-    /// credentials), the freshness of a signed timestamp against `now`, and replays. A
-    /// delivery that passes is recorded against replays.
+    /// credentials or token), the freshness of a signed timestamp or a token against `now`,
+    /// and replays. A delivery that passes is recorded against replays. `query` is the
+    /// request's query string (an `apiKey` may be there when the spec allows it). A `jwt`
+    /// whose key is not at hand fetches the JWKS first.
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Verified, AuthError> {
+        match &self.scheme {
+            Scheme::Jwt(j) => j.check(headers, now).await,
+            Scheme::ApiKey(k) => k.verify(headers, query),
+            _ => self.verify(headers, body, now),
+        }
+    }
+
+    /// [`check`](Self::check) without a query string and without fetching: a `jwt` is
+    /// verified with the keys at hand (the JWKS as last fetched).
     pub fn verify(
         &self,
         headers: &HeaderMap,
@@ -411,6 +518,8 @@ impl WebhookAuthenticator {
             Scheme::Hmac(v) => v.verify(headers, body, now),
             Scheme::Bearer(b) => b.verify(headers),
             Scheme::Basic(b) => b.verify(headers),
+            Scheme::Jwt(j) => j.verify(headers, now),
+            Scheme::ApiKey(k) => k.verify(headers, None),
             Scheme::None => Ok(Verified::default()),
         }
     }
@@ -422,6 +531,8 @@ impl WebhookAuthenticator {
             Scheme::Hmac(_) => Some("Signature realm=\"inputbot\""),
             Scheme::Bearer(_) => Some("Bearer realm=\"inputbot\""),
             Scheme::Basic(_) => Some("Basic realm=\"inputbot\", charset=\"UTF-8\""),
+            Scheme::Jwt(_) => Some("Bearer realm=\"inputbot\", error=\"invalid_token\""),
+            Scheme::ApiKey(_) => Some("ApiKey realm=\"inputbot\""),
             Scheme::None => None,
         }
     }

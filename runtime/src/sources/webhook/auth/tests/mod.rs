@@ -1,8 +1,10 @@
 //! Tests of the webhook authenticator: the helpers and the properties every scheme shares
-//! here; HMAC signatures in `signatures.rs`, Bearer and Basic credentials in `credentials.rs`.
+//! here; HMAC signatures in `signatures.rs`, Bearer and Basic credentials in `credentials.rs`,
+//! JWTs with shared secrets and API keys in `tokens.rs` (JWKS and public keys: `runtime/tests/jwt_auth.rs`).
 
 mod credentials;
 mod signatures;
+mod tokens;
 
 use std::{collections::HashMap, time::UNIX_EPOCH};
 
@@ -48,6 +50,8 @@ fn hmac_auth(h: HmacAuth) -> WebhookAuth {
         hmac: Some(h),
         bearer: None,
         basic: None,
+        jwt: None,
+        api_key: None,
         none: None,
     }
 }
@@ -291,6 +295,8 @@ fn none_passes_everything() {
             hmac: None,
             bearer: None,
             basic: None,
+            jwt: None,
+            api_key: None,
             none: Some(NoAuth {}),
         },
         &[],
@@ -371,6 +377,8 @@ fn configuration_errors_name_the_ref_never_the_value() {
         hmac: None,
         bearer: None,
         basic: None,
+        jwt: None,
+        api_key: None,
         none: None,
     };
     let err = build(&none, &[]).unwrap_err();
