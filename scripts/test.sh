@@ -101,4 +101,4 @@ phase "e2e test build" cargo test -p inputbot-e2e --no-run
 phase "image checks (--test images)" cargo test -p inputbot-e2e --test images
 # A hung test (a client stuck in a destructor, a watch that never ends) must not hang CI.
 phase "e2e tier (cargo test -p inputbot-e2e)" \
-  timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-1200}" cargo test -p inputbot-e2e -- "$@"
+  timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-1200}" cargo test -p inputbot-e2e --no-fail-fast -- "$@"
