@@ -382,12 +382,21 @@ async fn every_example_gets_exactly_its_children_and_becomes_ready() {
                 "kubectl get inputbot {name}:\n{out}"
             );
         }
+        // The category lists the three kinds: every resource of the example, by name.
         let all = kubectl(&["get", "inputbot-all", "-n", ns.name(), "-o", "name"]);
-        assert!(
-            all.lines().any(|l| l.starts_with("inputbot.inputbot.dev/"))
-                && all.lines().any(|l| l.starts_with("pipeline.inputbot.dev/")),
-            "kubectl get inputbot-all:\n{all}"
-        );
+        let listed: BTreeSet<String> = all.lines().map(str::to_owned).collect();
+        let applied: BTreeSet<String> = docs
+            .iter()
+            .filter(|d| d["apiVersion"] == "inputbot.dev/v1alpha1")
+            .map(|d| {
+                format!(
+                    "{}.inputbot.dev/{}",
+                    d["kind"].as_str().unwrap_or_default().to_ascii_lowercase(),
+                    d["metadata"]["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        assert_eq!(listed, applied, "kubectl get inputbot-all:\n{all}");
         let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
         for (kind, owner, name) in &expected {
             if kind == "InputBot" && name.ends_with("-ingest") {

@@ -375,10 +375,17 @@ async fn helm_install_runs_every_example_end_to_end_then_upgrade_rolls_and_unins
         "{}",
         endpoint("vendor-status")
     );
-    // `inputbot` is also the kinds' category, which kubectl expands first: `kubectl get
-    // inputbot` lists all three kinds, each row Ready; the InputBots with their endpoint.
-    if let Some(out) = kubectl_get("inputbot", bots_ns) {
-        eprintln!("[install_flow] kubectl get inputbot:\n{out}");
+    // `kubectl get inputbot-all` (the kinds' category) lists all three kinds, each row Ready;
+    // `kubectl get inputbot` the InputBots alone, with their endpoints.
+    if let Some(bots) = kubectl_get("inputbot", bots_ns) {
+        let rows: Vec<&str> = bots
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("NAME"))
+            .collect();
+        assert_eq!(rows.len(), 4, "kubectl get inputbot:\n{bots}");
+    }
+    if let Some(out) = kubectl_get("inputbot-all", bots_ns) {
+        eprintln!("[install_flow] kubectl get inputbot-all:\n{out}");
         let rows: Vec<&str> = out
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with("NAME"))
