@@ -166,6 +166,34 @@ fn other(message: impl Into<String>) -> AttemptError {
     AttemptError::new(FailureClass::Other, message)
 }
 
+/// The incoming-webhook URL a chat action keeps in a Secret (Slack, Teams), checked to be
+/// http or https, and the Secret's label for messages (the URL itself is a credential and is
+/// never quoted).
+fn webhook_url(
+    field: &str,
+    secret: &inputbot_api::common::SecretKeyRef,
+    secrets: &Secrets,
+) -> Result<(reqwest::Url, String), BuildError> {
+    let label = secrets.label(secret);
+    let raw = secrets
+        .get_string(secret)
+        .map_err(|error| FieldError::Secret {
+            field: field.to_owned(),
+            error,
+        })?;
+    // `url::ParseError` does not quote its input.
+    let url = reqwest::Url::parse(raw.trim()).map_err(|e| {
+        BuildError::invalid(field, format!("{label} does not hold a valid URL: {e}"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(BuildError::invalid(
+            field,
+            format!("{label} does not hold an http or https URL"),
+        ));
+    }
+    Ok((url, label))
+}
+
 fn timeout_of(
     given: Option<&SpecDuration>,
     field: &str,

@@ -11,13 +11,8 @@ use inputbot_api::{
 };
 use serde_json::json;
 
-use super::{ActionImpl, BuildError, DEFAULT_HTTP_TIMEOUT, other, timeout_of};
-use crate::{
-    delivery::AttemptError,
-    event::Event,
-    outbound::send_request,
-    secrets::{FieldError, Secrets},
-};
+use super::{ActionImpl, BuildError, DEFAULT_HTTP_TIMEOUT, other, timeout_of, webhook_url};
+use crate::{delivery::AttemptError, event::Event, outbound::send_request, secrets::Secrets};
 
 pub(super) struct SlackImpl {
     /// The webhook URL: a credential. Never in a message or in `Debug`.
@@ -47,23 +42,7 @@ impl SlackImpl {
         client: reqwest::Client,
     ) -> Result<Self, BuildError> {
         let field = "slack.webhookSecretRef";
-        let label = secrets.label(&spec.webhook_secret_ref);
-        let raw = secrets
-            .get_string(&spec.webhook_secret_ref)
-            .map_err(|error| FieldError::Secret {
-                field: field.to_owned(),
-                error,
-            })?;
-        // `url::ParseError` does not quote its input.
-        let url = reqwest::Url::parse(raw.trim()).map_err(|e| {
-            BuildError::invalid(field, format!("{label} does not hold a valid URL: {e}"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(BuildError::invalid(
-                field,
-                format!("{label} does not hold an http or https URL"),
-            ));
-        }
+        let (url, label) = webhook_url(field, &spec.webhook_secret_ref, secrets)?;
         Ok(Self {
             url,
             target: format!("Slack webhook ({label})"),

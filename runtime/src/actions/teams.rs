@@ -28,12 +28,12 @@ use inputbot_api::{
 };
 use serde_json::{Value, json};
 
-use super::{ActionImpl, BuildError, DEFAULT_HTTP_TIMEOUT, other, timeout_of};
+use super::{ActionImpl, BuildError, DEFAULT_HTTP_TIMEOUT, other, timeout_of, webhook_url};
 use crate::{
     delivery::AttemptError,
     event::Event,
     outbound::{one_line, send_request},
-    secrets::{FieldError, Secrets},
+    secrets::Secrets,
 };
 
 /// The Adaptive Card schema version sent (every element used exists since 1.0).
@@ -70,23 +70,7 @@ impl TeamsImpl {
         client: reqwest::Client,
     ) -> Result<Self, BuildError> {
         let field = "teams.webhookSecretRef";
-        let label = secrets.label(&spec.webhook_secret_ref);
-        let raw = secrets
-            .get_string(&spec.webhook_secret_ref)
-            .map_err(|error| FieldError::Secret {
-                field: field.to_owned(),
-                error,
-            })?;
-        // `url::ParseError` does not quote its input.
-        let url = reqwest::Url::parse(raw.trim()).map_err(|e| {
-            BuildError::invalid(field, format!("{label} does not hold a valid URL: {e}"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(BuildError::invalid(
-                field,
-                format!("{label} does not hold an http or https URL"),
-            ));
-        }
+        let (url, label) = webhook_url(field, &spec.webhook_secret_ref, secrets)?;
         let compile = |source: &str, field: String| {
             Template::compile(source, Scope::Event).map_err(|e| BuildError::invalid(field, e))
         };
