@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 pub use crate::dlq::redrive::{RedriveError, RedriveOptions, RedriveReport};
 use crate::{
-    bus::{EmbeddedBus, EmbeddedOptions},
+    bus::{EmbeddedBus, EmbeddedOptions, log::LogOptions},
     dlq::redrive,
     event::Event,
     metrics::Metrics,
@@ -63,6 +63,8 @@ pub struct LocalOptions {
     pub publish_timeout: Duration,
     /// How long shutdown waits for in-flight events before cutting deliveries short.
     pub drain_timeout: Duration,
+    /// The durable log of the bus (`<data>/bus`); `None` keeps accepted events in memory only.
+    pub log: Option<LogOptions>,
 }
 
 impl LocalOptions {
@@ -75,6 +77,7 @@ impl LocalOptions {
             queue_capacity: 1024,
             publish_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            log: Some(LogOptions::new(data_dir.join("bus"))),
         }
     }
 }
@@ -152,11 +155,17 @@ impl Engine {
     /// listener is bound.
     pub async fn start(set: ResourceSet, options: LocalOptions) -> Result<Self, RunError> {
         let resolved = resolve::resolve(&set, Options::LOCAL).map_err(RunError::Invalid)?;
-        let bus = EmbeddedBus::new(EmbeddedOptions {
+        let bus = EmbeddedBus::open(EmbeddedOptions {
             capacity: options.queue_capacity,
             publish_timeout: options.publish_timeout,
             dead_letter_dir: options.data_dir.join("dlq"),
-        });
+            log: options.log.clone(),
+        })
+        .map_err(|e| RunError::Unsupported {
+            resource: "runtime".into(),
+            field: "data directory".into(),
+            message: e.to_string(),
+        })?;
         let client = crate::outbound::client().map_err(|e| RunError::Unsupported {
             resource: "runtime".into(),
             field: "http client".into(),
@@ -178,6 +187,9 @@ impl Engine {
         // Consumers first: an event published before its consumer joined would be lost.
         roles::act::start(&cx, &resolved.act, &mut tasks)?;
         roles::process::start(&cx, &resolved.process, &mut tasks)?;
+        // Every group joined (and resumes what the last run left unfinished): positions of
+        // groups no longer in the files are dropped, finished segments may go.
+        bus.seal();
         for config in &resolved.process {
             if !bus.has_consumers(&config.output_topic) {
                 tracing::warn!(target: "inputbot::run", "no ActionBinding consumes {} (Pipeline {}): its events end there",
@@ -274,6 +286,7 @@ impl Engine {
         self.shutdown.consumers.cancel();
         self.bus.close();
         while self.tasks.join_next().await.is_some() {}
+        self.bus.finish();
         let outstanding = self.bus.outstanding();
         if outstanding > 0 {
             tracing::error!(target: "inputbot::run", outstanding,

@@ -43,6 +43,7 @@ use crate::{dlq::DeadLetter, event::Event};
 
 pub mod embedded;
 pub mod kafka;
+pub mod log;
 
 pub use embedded::{EmbeddedBus, EmbeddedOptions};
 pub use kafka::{KafkaBus, KafkaOptions, KafkaSettings};
@@ -89,6 +90,9 @@ pub enum BusError {
     /// A broker error.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The embedded bus's log did not take or keep the event (disk full, write failed).
+    #[error(transparent)]
+    Log(#[from] log::LogError),
 }
 
 /// A received event; [`Message::ack`] once it is fully handled.
