@@ -30,6 +30,15 @@ struct Cli {
     command: Command,
 }
 
+/// Where `inputbot run` keeps accepted events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BusMode {
+    /// A log under the data directory, synced before a webhook is answered.
+    Disk,
+    /// Memory only.
+    Memory,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a whole bot locally, in one process, on the embedded bus: no cluster, no Kafka.
@@ -41,12 +50,22 @@ enum Command {
         /// Address to serve webhooks, /healthz, /readyz and /metrics on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "INPUTBOT_LISTEN")]
         listen: SocketAddr,
-        /// Dead letters and source state are kept here.
+        /// Dead letters, source state and the bus's log are kept here; a run on a directory
+        /// a stopped run used continues where it stopped.
         #[arg(long, default_value = ".inputbot", env = "INPUTBOT_DATA_DIR")]
         data_dir: PathBuf,
         /// Namespace of resources that do not name one.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Where accepted events wait for their stages: `disk` (a 202 means the event is
+        /// synced to the log under --data-dir and survives a crash) or `memory` (faster to
+        /// start; an accepted event not yet finished is lost if the process dies).
+        #[arg(long, value_enum, default_value_t = BusMode::Disk, env = "INPUTBOT_BUS")]
+        bus: BusMode,
+        /// Most bytes the bus's log may take on disk; past it webhooks are answered 503 until
+        /// the stages catch up.
+        #[arg(long, default_value_t = 1 << 30, env = "INPUTBOT_BUS_MAX_BYTES")]
+        bus_max_bytes: u64,
     },
     /// Check files (as you would `kubectl apply` them) without a cluster: schema, CEL rules,
     /// references, expressions, JSON Schemas, cron, durations and names. Exits 1 on any error.
@@ -284,22 +303,26 @@ async fn main() -> ExitCode {
             listen,
             data_dir,
             namespace,
+            bus,
+            bus_max_bytes,
         } => {
             telemetry::init(cli.log_format);
             let set = match load(&files, &namespace) {
                 Ok(set) => set,
                 Err(code) => return code,
             };
-            let engine =
-                match local::Engine::start(set, local::LocalOptions::new(Some(listen), &data_dir))
-                    .await
-                {
-                    Ok(e) => e,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
+            let mut options = local::LocalOptions::new(Some(listen), &data_dir);
+            match (&mut options.log, bus) {
+                (Some(log), BusMode::Disk) => log.max_bytes = bus_max_bytes,
+                (log, _) => *log = None,
+            }
+            let engine = match local::Engine::start(set, options).await {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             tracing::info!(target: "inputbot::run", "running on http://{} (dead letters in {}); Ctrl-C to stop",
                 engine.addr().map(|a| a.to_string()).unwrap_or_default(), data_dir.join("dlq").display());
             roles::signal().await;

@@ -283,7 +283,9 @@ impl EmbeddedBus {
                         continue;
                     }
                     // Closing: what is not handed out stays after the group's position.
-                    let Ok(permit) = tx.reserve().await else { return };
+                    let Ok(permit) = tx.reserve().await else {
+                        return;
+                    };
                     if closed.load(Ordering::SeqCst) {
                         return;
                     }
