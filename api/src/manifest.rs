@@ -264,13 +264,40 @@ fn load_value(
             serde_path_to_error::deserialize(value)
                 .map_err(|e| fail(Some(resource.clone()), typed(e)))?,
         ),
-        _ => set.secrets.push(
-            serde_path_to_error::deserialize(value)
-                .map_err(|e| fail(Some(resource.clone()), typed(e)))?,
-        ),
+        _ => set
+            .secrets
+            .push(secret(value).map_err(|m| fail(Some(resource.clone()), m))?),
     }
     set.origins.insert(resource, origin);
     Ok(())
+}
+
+/// A Secret document, with errors that never show a value: a type error from serde quotes the
+/// value it found (`invalid type: integer `8675309``), and that value is a secret.
+fn secret(value: Value) -> Result<Secret, String> {
+    for field in ["stringData", "data"] {
+        let Some(entries) = value.get(field) else {
+            continue;
+        };
+        let Some(entries) = entries.as_object() else {
+            return Err(format!(
+                "{field}: expected a mapping of keys to strings, found {}",
+                json_type(entries)
+            ));
+        };
+        if let Some((key, v)) = entries.iter().find(|(_, v)| !v.is_string()) {
+            return Err(format!(
+                "{field}.{key}: expected a string, found {} (quote it; the value is not shown)",
+                json_type(v)
+            ));
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        format!(
+            "{}: does not match a v1 Secret (the value is not shown)",
+            e.path()
+        )
+    })
 }
 
 /// `object`, `array`, `string`, … for messages.
@@ -296,6 +323,32 @@ mod tests {
 
     fn first_error(text: &str) -> String {
         load(text).unwrap_err()[0].to_string()
+    }
+
+    #[test]
+    fn a_secret_value_of_the_wrong_type_is_named_by_its_key_and_never_shown() {
+        let doc =
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {token: 8675309}\n";
+        let message = first_error(doc);
+        assert!(
+            message.contains("stringData.token: expected a string, found a number"),
+            "{message}"
+        );
+        assert!(!message.contains("8675309"), "{message}");
+        let doc = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {token: [8675309]}\n";
+        let message = first_error(doc);
+        assert!(
+            message.contains("data.token: expected a string, found a list"),
+            "{message}"
+        );
+        assert!(!message.contains("8675309"), "{message}");
+        let doc = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: {t: 8675309}\n";
+        let message = first_error(doc);
+        assert!(
+            message.contains("type: does not match a v1 Secret"),
+            "{message}"
+        );
+        assert!(!message.contains("8675309"), "{message}");
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! machine: a do-nothing axum server answering 202, hit by the same client with the same
 //! requests. Absolute numbers move with the machine's load; the ratios are what to compare.
 //!
+//! The bot runs twice, on the durable bus (`--bus disk`, the default) and on the in-memory one,
+//! so the cost of durability is a ratio too.
+//!
 //!     cargo bench -p inputbot-runtime --bench local [-- REQUESTS CONCURRENCY]
 
 use std::{
@@ -219,6 +222,60 @@ async fn main() {
     let base = fire(&format!("{baseline_url}/gh"), &good, concurrency).await;
     let base_rps = n as f64 / base.elapsed.as_secs_f64();
 
+    let memory = through_the_bot(&good, &bad, concurrency, false).await;
+    let disk = through_the_bot(&good, &bad, concurrency, true).await;
+
+    let mut base_lat = base.latencies.clone();
+    base_lat.sort();
+    println!(
+        "baseline (do-nothing axum server): {base_rps:>9.0} req/s  p50 {:>7.2?}  p99 {:>7.2?}",
+        percentile(&base_lat, 0.5),
+        percentile(&base_lat, 0.99)
+    );
+    for (bus, f) in [("memory", &memory), ("disk", &disk)] {
+        println!(
+            "[{bus:>6} bus] webhook → action (end to end): {:>9.0} ev/s   p50 {:>7.2?}  p99 {:>7.2?}  ratio {:.2} of baseline",
+            f.e2e_rps,
+            percentile(&f.e2e, 0.5),
+            percentile(&f.e2e, 0.99),
+            f.e2e_rps / base_rps
+        );
+        println!(
+            "[{bus:>6} bus] webhook accepted (202 latency):              p50 {:>7.2?}  p99 {:>7.2?}",
+            percentile(&f.accept, 0.5),
+            percentile(&f.accept, 0.99)
+        );
+        println!(
+            "[{bus:>6} bus] rejection path (bad signature 401): {:>8.0} req/s  ratio {:.2} of baseline",
+            f.reject_rps,
+            f.reject_rps / base_rps
+        );
+    }
+    println!(
+        "durable (disk) webhook → action: {:.2} of in-memory",
+        disk.e2e_rps / memory.e2e_rps
+    );
+}
+
+/// What one run through the bot measured.
+struct Figures {
+    e2e_rps: f64,
+    /// Sent → arrived at the target, sorted.
+    e2e: Vec<Duration>,
+    /// Sent → answered 202, sorted.
+    accept: Vec<Duration>,
+    reject_rps: f64,
+}
+
+/// Webhook → pipeline → HTTP action end to end, then the rejection path, on a fresh bot whose
+/// bus is the durable log (`disk`) or memory only.
+async fn through_the_bot(
+    good: &[Request],
+    bad: &[Request],
+    concurrency: usize,
+    disk: bool,
+) -> Figures {
+    let n = good.len();
     // Webhook → pipeline → HTTP action, end to end.
     let arrivals: Arrivals = Arc::default();
     let target = serve(
@@ -230,9 +287,12 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = LocalOptions::new(Some("127.0.0.1:0".parse().unwrap()), dir.path());
     options.queue_capacity = 4096;
+    if !disk {
+        options.log = None;
+    }
     let engine = Engine::start(bot(&target), options).await.unwrap();
     let url = format!("http://{}/gh", engine.addr().unwrap());
-    let run = fire(&url, &good, concurrency).await;
+    let run = fire(&url, good, concurrency).await;
     assert!(
         engine.settle(Duration::from_secs(300)).await,
         "not every event was delivered"
@@ -259,7 +319,7 @@ async fn main() {
     accept.sort();
 
     // Rejections: bad signatures, answered 401 before the body is parsed.
-    let rejected = fire(&url, &bad, concurrency).await;
+    let rejected = fire(&url, bad, concurrency).await;
     assert_eq!(
         rejected.statuses.get(&401).copied().unwrap_or(0),
         n,
@@ -269,26 +329,10 @@ async fn main() {
     let reject_rps = n as f64 / rejected.elapsed.as_secs_f64();
     engine.shutdown().await;
 
-    let mut base_lat = base.latencies.clone();
-    base_lat.sort();
-    println!(
-        "baseline (do-nothing axum server): {base_rps:>9.0} req/s  p50 {:>7.2?}  p99 {:>7.2?}",
-        percentile(&base_lat, 0.5),
-        percentile(&base_lat, 0.99)
-    );
-    println!(
-        "webhook → action (end to end):     {e2e_rps:>9.0} ev/s   p50 {:>7.2?}  p99 {:>7.2?}  ratio {:.2} of baseline",
-        percentile(&e2e, 0.5),
-        percentile(&e2e, 0.99),
-        e2e_rps / base_rps
-    );
-    println!(
-        "webhook accepted (202 latency):                       p50 {:>7.2?}  p99 {:>7.2?}",
-        percentile(&accept, 0.5),
-        percentile(&accept, 0.99)
-    );
-    println!(
-        "rejection path (bad signature 401): {reject_rps:>8.0} req/s  ratio {:.2} of baseline",
-        reject_rps / base_rps
-    );
+    Figures {
+        e2e_rps,
+        e2e,
+        accept,
+        reject_rps,
+    }
 }
