@@ -100,6 +100,16 @@ fn spawn_worker(jobs: &Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
+/// Runs a jq program expecting one output over `data` on an expression thread ([`run`]).
+pub async fn jq_one(
+    program: &inputbot_api::expr::JqProgram,
+    data: &serde_json::Value,
+    limits: Limits,
+) -> Result<serde_json::Value, EvalError> {
+    let (program, data) = (program.clone(), data.clone());
+    run(limits, move || program.run_one_limited(&data, limits)).await
+}
+
 /// Runs `f` on an expression thread and waits at most `limits.time` (plus a short grace) for
 /// it. Over time, or when no thread is free within [`QUEUE_WAIT`], the answer is
 /// [`EvalError::Budget`]; a panic in `f` is [`EvalError::Failed`].

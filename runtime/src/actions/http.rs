@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE};
 use inputbot_api::{
     binding::{HttpAction, HttpMethod},
-    expr::{JqProgram, Scope, Template},
+    expr::{JqProgram, Limits, Scope, Template},
 };
 
 use super::{
@@ -155,15 +155,17 @@ impl HttpImpl {
     }
 
     /// The request for `event`; an error here is the event's fault ([`FailureClass::Other`]).
-    fn request(&self, event: &Event) -> Result<reqwest::Request, AttemptError> {
+    async fn request(&self, event: &Event) -> Result<reqwest::Request, AttemptError> {
         let vars = event.activation();
         let url = render_url(&self.url, &vars).map_err(|e| other(format!("http.url: {e}")))?;
         let url = reqwest::Url::parse(&url)
             .map_err(|e| other(format!("http.url: the rendered URL is not valid: {e}")))?;
         let (body, content_type) = match &self.body {
             HttpBody::Jq(jq, ct) => {
-                let value = jq
-                    .run_one(&event.data)
+                // On an expression thread, under the default limits: a runaway body program
+                // fails this event, never the worker delivering the others.
+                let value = crate::eval::jq_one(jq, &event.data, Limits::default())
+                    .await
                     .map_err(|e| other(format!("http.body.jq: {e}")))?;
                 (Some(value.to_string().into_bytes()), Some(ct.clone()))
             }
@@ -235,7 +237,7 @@ impl ActionImpl for HttpImpl {
         _attempt: u32,
     ) -> BoxFuture<'a, Result<(), AttemptError>> {
         Box::pin(async move {
-            let request = self.request(event)?;
+            let request = self.request(event).await?;
             let target = format!("{} {}", request.method(), redact_url(request.url()));
             send_request_with(
                 &self.client,

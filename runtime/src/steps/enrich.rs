@@ -92,7 +92,8 @@ impl Enricher {
             outbound::render_url(&self.url, &vars).map_err(|e| (format!("url: {e}"), None))?;
         let body = match &self.body {
             Some(jq) => Some(
-                jq.run_one(&event.data)
+                crate::eval::jq_one(jq, &event.data, inputbot_api::expr::Limits::default())
+                    .await
                     .map_err(|e| (format!("body: {e}"), None))?,
             ),
             None => None,

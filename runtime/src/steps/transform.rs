@@ -15,9 +15,7 @@ impl Transform {
 
     /// Replaces the data; on an error the event is left as it was.
     pub(super) async fn apply(&self, event: &mut Event, limits: Limits) -> Result<(), EvalError> {
-        let program = self.0.clone();
-        let data = event.data.clone();
-        event.data = eval::run(limits, move || program.run_one_limited(&data, limits)).await?;
+        event.data = eval::jq_one(&self.0, &event.data, limits).await?;
         Ok(())
     }
 }

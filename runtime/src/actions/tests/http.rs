@@ -277,3 +277,38 @@ async fn send_returns_the_answer_and_prefixes_its_messages_with_what() {
         )
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_runaway_body_program_fails_its_event_without_stopping_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets(dir.path(), &[]);
+    let server = server(Reply::ok()).await;
+    let http = build_ok(
+        json!({"http": {"url": server.url("/x"), "body": {"jq": "{n: last(range(.ticket * 1e13))}"}}}),
+        &secrets,
+    );
+    // On this one-thread runtime, a ticker only runs while the evaluation is off the worker.
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = http.attempt(&event(), 1).await.unwrap_err();
+    ticker.abort();
+    assert_eq!(err.class, FailureClass::Other, "{err:?}");
+    assert!(err.message.contains("http.body.jq"), "{err:?}");
+    let (ticked, took) = (
+        ticks.load(std::sync::atomic::Ordering::SeqCst),
+        started.elapsed(),
+    );
+    // The budget of a million steps takes tens of milliseconds: long enough to see the ticker.
+    assert!(took >= Duration::from_millis(30), "{took:?}");
+    assert!(ticked >= 1, "the worker was blocked for {took:?}");
+    assert!(server.seen().is_empty());
+}
