@@ -23,6 +23,10 @@ use sha2::Sha256;
 
 const SECRET: &str = "bench-secret";
 
+/// The allocator the `inputbot` binary uses (the baseline server in this process shares it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Request {
     body: Vec<u8>,
     signature: String,

@@ -282,6 +282,11 @@ fn load(
     })
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the local path's profile
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

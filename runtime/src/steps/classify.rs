@@ -7,7 +7,7 @@ use inputbot_api::{
     pipeline::ClassifyStep,
 };
 
-use crate::{eval, event::Event};
+use crate::event::Event;
 
 /// Compiled rules.
 pub(super) struct Classify {
@@ -36,22 +36,17 @@ impl Classify {
     }
 
     /// Adds the labels; on an error the event is left as it was.
-    pub(super) async fn apply(&self, event: &mut Event, limits: Limits) -> Result<(), EvalError> {
+    pub(super) fn apply(&self, event: &mut Event, _limits: Limits) -> Result<(), EvalError> {
         let vars = event.activation();
-        let (rules, first_match) = (self.rules.clone(), self.first_match);
-        let mut added = eval::run(limits, move || {
-            let mut added = Vec::new();
-            for (expr, label) in rules.iter() {
-                if expr.eval_bool(&vars).map_err(EvalError::Failed)? {
-                    added.push(label.clone());
-                    if first_match {
-                        break;
-                    }
+        let mut added = Vec::new();
+        for (expr, label) in self.rules.iter() {
+            if expr.eval_bool(&vars).map_err(EvalError::Failed)? {
+                added.push(label.clone());
+                if self.first_match {
+                    break;
                 }
             }
-            Ok(added)
-        })
-        .await?;
+        }
         if added.is_empty() {
             added.extend(self.default_label.clone());
         }

@@ -10,6 +10,12 @@
 //! `ai`), each a
 //! compiled type with `new` (from its spec) and `apply` (to one event, leaving the event as it
 //! was when it fails); this module compiles a pipeline's steps in order and runs them.
+//!
+//! Consecutive steps that only compute — validate, transform, classify, filter — run together
+//! in **one** trip to an expression thread ([`crate::eval`]), under the sum of their time
+//! limits: a hand-off between threads costs more than a small jq program or CEL condition, so a
+//! pipeline of five such steps pays for one. enrich and ai await the network and run on the
+//! async workers between such trips.
 
 mod ai;
 mod classify;
@@ -18,13 +24,25 @@ mod filter;
 mod transform;
 mod validate;
 
-use inputbot_api::{config::ProcessConfig, expr::Limits, pipeline::StepKind};
+use std::{
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use inputbot_api::{
+    config::ProcessConfig,
+    expr::{EvalError, Limits},
+    pipeline::StepKind,
+};
 
 use self::{
     ai::Ai, classify::Classify, enrich::Enricher, filter::Filter, transform::Transform,
     validate::Validate,
 };
-use crate::{event::Event, metrics::Metrics, secrets::Secrets};
+use crate::{eval, event::Event, metrics::Metrics, secrets::Secrets};
 
 /// Why a pipeline could not be built (names the step and field).
 #[derive(Debug, thiserror::Error)]
@@ -74,14 +92,67 @@ enum Compiled {
     Ai(Box<Ai>),
 }
 
+impl Compiled {
+    /// Whether the step only computes (no network): consecutive ones share one trip to an
+    /// expression thread.
+    fn computes_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Validate(_) | Self::Transform(_) | Self::Classify(_) | Self::Filter(_)
+        )
+    }
+}
+
 struct Step {
     name: String,
     compiled: Compiled,
 }
 
+/// How a run of computing steps ended.
+enum RunEnd {
+    Continue,
+    Filtered(usize),
+    Failed(usize, &'static str, String),
+}
+
+/// Runs the computing steps `range` on `event`, on the calling (expression) thread; `at` says
+/// which step is running, so a run abandoned at its time limit can name it.
+fn compute(
+    steps: &[Step],
+    range: Range<usize>,
+    event: &mut Event,
+    limits: Limits,
+    at: &AtomicUsize,
+) -> RunEnd {
+    for i in range {
+        at.store(i, Ordering::Relaxed);
+        let failed = match &steps[i].compiled {
+            Compiled::Validate(v) => v.apply(event).err().map(|m| ("validation", m)),
+            Compiled::Transform(t) => t
+                .apply(event, limits)
+                .err()
+                .map(|e| (e.class("transform"), e.into())),
+            Compiled::Classify(c) => c
+                .apply(event, limits)
+                .err()
+                .map(|e| (e.class("expression"), e.into())),
+            Compiled::Filter(f) => match f.apply(event, limits) {
+                Ok(true) => None,
+                Ok(false) => return RunEnd::Filtered(i),
+                Err(e) => Some((e.class("expression"), e.into())),
+            },
+            Compiled::Enrich(_) | Compiled::Ai(_) => unreachable!("not a computing step"),
+        };
+        if let Some((class, message)) = failed {
+            return RunEnd::Failed(i, class, message);
+        }
+    }
+    RunEnd::Continue
+}
+
 /// A compiled pipeline.
 pub struct Steps {
-    steps: Vec<Step>,
+    steps: Arc<[Step]>,
     limits: Limits,
 }
 
@@ -149,58 +220,79 @@ impl Steps {
             });
         }
         Ok(Self {
-            steps,
+            steps: steps.into(),
             limits: Limits::default(),
         })
     }
 
     /// Runs every step on `event`.
     pub async fn run(&self, mut event: Event) -> StepOutcome {
-        for step in &self.steps {
-            let fail = |event: Event, class: &'static str, message: String, status: Option<u16>| {
-                StepOutcome::Failed {
-                    event,
-                    step: step.name.clone(),
-                    class,
-                    message,
-                    status,
+        let fail = |event: Event, i: usize, class: &'static str, message: String, status| {
+            StepOutcome::Failed {
+                event,
+                step: self.steps[i].name.clone(),
+                class,
+                message,
+                status,
+            }
+        };
+        let mut i = 0;
+        while i < self.steps.len() {
+            if self.steps[i].compiled.computes_only() {
+                let end = (i..self.steps.len())
+                    .find(|&j| !self.steps[j].compiled.computes_only())
+                    .unwrap_or(self.steps.len());
+                // The event moves to the expression thread; an evaluation abandoned at its
+                // time limit keeps it, so the dead letter gets this copy.
+                let before = event.clone();
+                let (steps, limits) = (self.steps.clone(), self.limits);
+                let at = Arc::new(AtomicUsize::new(i));
+                let running = at.clone();
+                let budget = Limits {
+                    time: limits.time * u32::try_from(end - i).unwrap_or(u32::MAX),
+                    ..limits
+                };
+                let ran = eval::run(budget, move || {
+                    let mut event = event;
+                    let end = compute(&steps, i..end, &mut event, limits, &running);
+                    Ok::<_, EvalError>((event, end))
+                })
+                .await;
+                match ran {
+                    Ok((after, RunEnd::Continue)) => event = after,
+                    Ok((_, RunEnd::Filtered(j))) => {
+                        return StepOutcome::Filtered {
+                            step: self.steps[j].name.clone(),
+                        };
+                    }
+                    Ok((after, RunEnd::Failed(j, class, message))) => {
+                        return fail(after, j, class, message, None);
+                    }
+                    Err(e) => {
+                        let j = at.load(Ordering::Relaxed);
+                        return fail(before, j, e.class("expression"), e.into(), None);
+                    }
                 }
-            };
-            let failed = match &step.compiled {
-                Compiled::Validate(v) => v.apply(&event).err().map(|m| ("validation", m, None)),
-                Compiled::Transform(t) => t
-                    .apply(&mut event, self.limits)
-                    .await
-                    .err()
-                    .map(|e| (e.class("transform"), e.into(), None)),
+                i = end;
+                continue;
+            }
+            let failed = match &self.steps[i].compiled {
                 Compiled::Enrich(e) => e
                     .apply(&mut event)
                     .await
                     .err()
                     .map(|(m, s)| ("enrich", m, s)),
-                Compiled::Classify(c) => c
-                    .apply(&mut event, self.limits)
-                    .await
-                    .err()
-                    .map(|e| (e.class("expression"), e.into(), None)),
-                Compiled::Filter(f) => match f.apply(&event, self.limits).await {
-                    Ok(true) => None,
-                    Ok(false) => {
-                        return StepOutcome::Filtered {
-                            step: step.name.clone(),
-                        };
-                    }
-                    Err(e) => Some((e.class("expression"), e.into(), None)),
-                },
                 Compiled::Ai(a) => a
                     .apply(&mut event, self.limits)
                     .await
                     .err()
                     .map(|f| (f.class, f.message, f.status)),
+                _ => unreachable!("computing steps run above"),
             };
             if let Some((class, message, status)) = failed {
-                return fail(event, class, message, status);
+                return fail(event, i, class, message, status);
             }
+            i += 1;
         }
         StepOutcome::Continue(event)
     }

@@ -1,9 +1,9 @@
 //! The transform step: a jq program replaces the event data with its one output. It runs on an
-//! expression thread under its limits ([`crate::eval`]).
+//! expression thread under its limits ([`crate::eval`], called from the step runner).
 
 use inputbot_api::expr::{EvalError, JqProgram, Limits};
 
-use crate::{eval, event::Event};
+use crate::event::Event;
 
 /// A compiled jq program.
 pub(super) struct Transform(JqProgram);
@@ -13,9 +13,10 @@ impl Transform {
         JqProgram::compile(jq).map(Self)
     }
 
-    /// Replaces the data; on an error the event is left as it was.
-    pub(super) async fn apply(&self, event: &mut Event, limits: Limits) -> Result<(), EvalError> {
-        event.data = eval::jq_one(&self.0, &event.data, limits).await?;
+    /// Replaces the data; on an error the event is left as it was. Call it on an expression
+    /// thread.
+    pub(super) fn apply(&self, event: &mut Event, limits: Limits) -> Result<(), EvalError> {
+        event.data = self.0.run_one_limited(&event.data, limits)?;
         Ok(())
     }
 }
