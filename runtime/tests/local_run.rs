@@ -3,90 +3,10 @@
 
 mod support;
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::*;
-
-const SECRET: &str = "s3cret-for-tests";
-
-fn bot(target: &str, extra_source: &str, delivery: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: creds}}
-stringData: {{hmac: {SECRET}, token: tok-123}}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: InputBot
-metadata: {{name: intake}}
-spec:
-  sources:
-    - name: gh
-      webhook:
-        path: /gh
-        auth: {{hmac: {{preset: github, secretRef: {{name: creds, key: hmac}}}}}}
-        maxBodyBytes: 4096
-        schema:
-          type: object
-          required: [kind]
-          properties:
-            kind: {{enum: [ticket, skip]}}
-            n: {{type: integer}}
-{extra_source}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: Pipeline
-metadata: {{name: flow}}
-spec:
-  botRef: {{name: intake}}
-  steps:
-    - name: drop-skips
-      filter: {{when: 'data.kind != "skip"'}}
-    - name: shape
-      transform: {{jq: '{{n: .n, text: ("ticket " + (.n | tostring))}}'}}
-    - classify: {{rules: [{{when: 'data.n % 2 == 0', label: even}}], defaultLabel: odd}}
----
-apiVersion: inputbot.dev/v1alpha1
-kind: ActionBinding
-metadata: {{name: crm}}
-spec:
-  pipelineRef: {{name: flow}}
-  action:
-    http:
-      url: {target}
-      headers: {{Authorization: {{secretRef: {{name: creds, key: token}}}}}}
-      body: {{jq: '{{ticket: .n, text: .text}}'}}
-  delivery:
-{delivery}
-"#
-    )
-}
-
-const FAST_RETRY: &str = "    retry: {maxAttempts: 3, initialDelay: 1ms, maxDelay: 5ms, jitter: false}\n    circuitBreaker: {minRequests: 100000}";
-
-/// Posts `body` signed as GitHub does. Each request gets a distinct `delivery` field: the
-/// replay key is the signed body, and identical bodies would be one delivery.
-async fn post_signed(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
-    let mut body = body.clone();
-    if let Some(object) = body.as_object_mut() {
-        object.insert(
-            "delivery".into(),
-            json!(NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
-        );
-    }
-    let bytes = serde_json::to_vec(&body).unwrap();
-    client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", github_signature(SECRET, &bytes))
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-}
+use support::{signed_bot::*, *};
 
 #[tokio::test]
 async fn an_event_flows_from_webhook_through_the_steps_to_the_target_with_the_rendered_body() {
@@ -385,37 +305,6 @@ async fn a_cloudevent_in_binary_and_structured_mode_keeps_its_id_and_type() {
 }
 
 #[tokio::test]
-async fn retry_timings_follow_the_policy_within_ten_percent() {
-    let target = Target::start(Behaviour::FailFirst(3)).await;
-    let delivery = "    retry: {maxAttempts: 4, initialDelay: 200ms, maxDelay: 2s, jitter: false}\n    circuitBreaker: {minRequests: 100000}";
-    let (engine, _dir) = start(&bot(&target.url("/leads"), "", delivery)).await;
-    let url = format!("http://{}/gh", engine.addr().unwrap());
-    assert_eq!(
-        post_signed(&client(), &url, &json!({"kind": "ticket", "n": 1}))
-            .await
-            .status(),
-        202
-    );
-    assert!(engine.settle(Duration::from_secs(10)).await);
-    let received = target.received();
-    assert_eq!(
-        received.iter().map(|r| r.status).collect::<Vec<_>>(),
-        [503, 503, 503, 200]
-    );
-    let gaps: Vec<f64> = received
-        .windows(2)
-        .map(|w| w[1].at.duration_since(w[0].at).as_secs_f64() * 1000.0)
-        .collect();
-    for (gap, expected) in gaps.iter().zip([200.0, 400.0, 800.0]) {
-        assert!(
-            (gap - expected).abs() <= expected * 0.10,
-            "gap {gap:.0}ms, expected {expected}ms ± 10% (all gaps {gaps:?})"
-        );
-    }
-    engine.shutdown().await;
-}
-
-#[tokio::test]
 async fn the_circuit_breaker_opens_on_failures_and_recovers() {
     let target = Target::start(Behaviour::Always(503)).await;
     let delivery = "    retry: {maxAttempts: 100, initialDelay: 10ms, maxDelay: 20ms, jitter: false}\n    circuitBreaker: {failureRatio: 0.5, minRequests: 4, openFor: 1s, window: 10s}";
@@ -448,91 +337,6 @@ async fn the_circuit_breaker_opens_on_failures_and_recovers() {
         "the trial came after {pause:?}, before openFor"
     );
     engine.shutdown().await;
-}
-
-#[tokio::test]
-async fn accounting_holds_over_ten_thousand_events_with_a_target_failing_thirty_percent() {
-    let target = Target::start(Behaviour::FailRatio(0.3)).await;
-    let (engine, dir) = start(&bot(&target.url("/leads"), "", FAST_RETRY)).await;
-    let url = format!("http://{}/gh", engine.addr().unwrap());
-    let c = client();
-    let total = 10_000usize;
-    // Every tenth event is filtered by the pipeline.
-    let kind = |i: usize| {
-        if i.is_multiple_of(10) {
-            "skip"
-        } else {
-            "ticket"
-        }
-    };
-    let skipped = (0..total).filter(|i| kind(*i) == "skip").count();
-    use futures::StreamExt;
-    // Bounded concurrency: 32 requests in flight.
-    let accepted: Vec<String> = futures::stream::iter(0..total)
-        .map(|i| {
-            let (c, url) = (c.clone(), url.clone());
-            async move {
-                let r = post_signed(&c, &url, &json!({"kind": kind(i), "n": i})).await;
-                let status = r.status().as_u16();
-                let body = r.json::<Value>().await.unwrap();
-                assert_eq!(status, 202, "{body}");
-                body["id"].as_str().unwrap().to_owned()
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    assert!(
-        engine.settle(Duration::from_secs(120)).await,
-        "not every event was handled"
-    );
-    let metrics = engine.metrics().encode();
-    let delivered: HashSet<String> = target.delivered_ids().into_iter().collect();
-    let received = target.received();
-    let duplicates = received.iter().filter(|r| r.status < 300).count() - delivered.len();
-    let dead: HashSet<String> =
-        inputbot_runtime::dlq::read(&dir.path().join("dlq/inputbot.default.crm.act.dlq.jsonl"))
-            .unwrap()
-            .into_iter()
-            .map(|r| r.event.id)
-            .collect();
-    let filtered = metric(&metrics, "inputbot_events_filtered_total") as usize;
-    let accepted_set: HashSet<String> = accepted.iter().cloned().collect();
-    assert_eq!(accepted_set.len(), total, "every request was accepted once");
-    assert!(
-        delivered.is_disjoint(&dead),
-        "an event was both delivered and dead-lettered"
-    );
-    assert!(delivered.is_subset(&accepted_set) && dead.is_subset(&accepted_set));
-    // accepted = delivered + dead-lettered + filtered
-    assert_eq!(filtered, skipped);
-    assert_eq!(
-        delivered.len() + dead.len() + filtered,
-        total,
-        "delivered {} + dead {} + filtered {filtered}",
-        delivered.len(),
-        dead.len()
-    );
-    assert_eq!(
-        duplicates, 0,
-        "the target saw {duplicates} duplicate deliveries"
-    );
-    assert_eq!(
-        metric(&metrics, "inputbot_events_delivered_total") as usize,
-        delivered.len()
-    );
-    assert_eq!(
-        metric(&metrics, "inputbot_events_dead_lettered_total") as usize,
-        dead.len()
-    );
-    // With 3 attempts at 30 % failure about 2.7 % are dead-lettered.
-    assert!(
-        dead.len() > 50 && dead.len() < 600,
-        "{} dead letters",
-        dead.len()
-    );
-    let report = engine.shutdown().await;
-    assert_eq!(report.outstanding, 0);
 }
 
 #[tokio::test]

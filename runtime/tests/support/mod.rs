@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod signed_bot;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
