@@ -266,6 +266,69 @@ async fn admin_mode_two_ensures_racing_to_create_a_topic_both_succeed() {
 }
 
 #[tokio::test]
+async fn admin_mode_creates_the_topics_of_concurrent_reconciles_in_shared_requests() {
+    // 60 resources with 5 topics each, ensured at once as 60 reconciles would: the broker's
+    // controller commits one CreateTopics at a time, so they must share requests. One topic is
+    // asked for by two owners in the same wave: created once, and both are told so.
+    const OWNERS: usize = 60;
+    let provisioner = admin_provisioner();
+    let broker = Broker::connect();
+    let run = unique_suffix();
+    let shared = format!("inputbot.e2e-{run}.shared.out");
+    let wanted: Vec<Vec<TopicRequest>> = (0..OWNERS)
+        .map(|i| {
+            let mut topics: Vec<TopicRequest> = ["raw", "dedupe", "out", "dlq", "act-dlq"]
+                .iter()
+                .map(|kind| request(&format!("inputbot.e2e-{run}.bot{i}.{kind}"), 2))
+                .collect();
+            if i < 2 {
+                topics.push(request(&shared, 2));
+            }
+            topics
+        })
+        .collect();
+    let owners: Vec<TopicOwner> = (0..OWNERS)
+        .map(|i| owner("e2e", &format!("bot{i}")))
+        .collect();
+
+    let started = Instant::now();
+    let outcomes = futures::future::join_all(
+        owners
+            .iter()
+            .zip(&wanted)
+            .map(|(owner, topics)| provisioner.ensure(owner, topics)),
+    )
+    .await;
+    let took = started.elapsed();
+    for (topics, outcome) in wanted.iter().zip(outcomes) {
+        let expected: Vec<TopicOutcome> = topics.iter().map(|t| ready(&t.name, 2)).collect();
+        assert_eq!(outcome.expect("every ensure succeeds"), expected);
+    }
+    let requests = provisioner.create_requests();
+    assert!(
+        requests < (OWNERS as u64) / 2,
+        "{OWNERS} concurrent ensures sent {requests} CreateTopics requests; they must share them"
+    );
+    for topic in wanted.iter().flatten() {
+        assert_eq!(
+            broker.partitions(&topic.name).await,
+            Some(2),
+            "{}",
+            topic.name
+        );
+    }
+    eprintln!(
+        "{} topics for {OWNERS} owners in {requests} requests, {took:?}",
+        wanted.iter().map(Vec::len).sum::<usize>()
+    );
+
+    for (owner, topics) in owners.iter().zip(&wanted) {
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        provisioner.delete(owner, &names).await.expect("cleanup");
+    }
+}
+
+#[tokio::test]
 async fn admin_mode_delete_removes_topics_and_a_second_delete_succeeds() {
     let provisioner = admin_provisioner();
     let broker = Broker::connect();

@@ -4,6 +4,7 @@
 //!  ensure(requests)
 //!    1. metadata of each requested topic   (read)   → missing | partitions + replication factor
 //!    2. create the missing ones            (write)  "already exists" races → treated as existing
+//!       (in one request with those of other reconciles running meanwhile: [`batch`])
 //!    3. grow partitions that are too few   (write)  never shrink: a topic with more is reported
 //!    4. describe configs, alter the differing ones  (read, then a write only on a difference)
 //! ```
@@ -15,18 +16,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigResource, ConfigSource, NewPartitions, NewTopic,
-    OwnedResourceSpecifier, ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigResource, ConfigSource, NewPartitions,
+    OwnedResourceSpecifier, ResourceSpecifier,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 
 use super::{TopicError, TopicOutcome, TopicOwner, TopicProvisioner, TopicRequest};
+
+mod batch;
+
+use batch::{BatchFailure, Batcher};
 
 /// The timeout of one admin request when the caller has no opinion.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +45,8 @@ pub struct AdminProvisioner {
     // Behind an `Arc` so the blocking metadata call can own a handle on the blocking pool.
     client: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
+    /// Creates topics in batches; started on first use (it needs the tokio runtime).
+    batcher: OnceLock<Batcher>,
 }
 
 impl AdminProvisioner {
@@ -60,7 +67,13 @@ impl AdminProvisioner {
         Ok(AdminProvisioner {
             client: Arc::new(client),
             timeout,
+            batcher: OnceLock::new(),
         })
+    }
+
+    /// CreateTopics requests this provisioner has sent (many reconciles' topics share one).
+    pub fn create_requests(&self) -> u64 {
+        self.batcher.get().map_or(0, Batcher::requests)
     }
 
     fn options(&self) -> AdminOptions {
@@ -117,39 +130,37 @@ impl AdminProvisioner {
         }
     }
 
-    /// Creates the missing topics. Returns the names that already existed (a race with
-    /// another writer), which the caller then treats like existing topics.
+    /// Creates the missing topics (in the next batch, [`batch`]). Returns the names that
+    /// already existed (a race with another writer), which the caller then treats like
+    /// existing topics.
     async fn create(&self, requests: &[&TopicRequest]) -> Result<Vec<String>, TopicError> {
-        if requests.is_empty() {
+        let Some(first) = requests.first() else {
             return Ok(Vec::new());
-        }
-        let new_topics: Vec<NewTopic<'_>> = requests
-            .iter()
-            .map(|r| {
-                r.config.iter().fold(
-                    NewTopic::new(
-                        &r.name,
-                        r.partitions,
-                        TopicReplication::Fixed(i32::from(r.replication_factor)),
-                    ),
-                    |t, (k, v)| t.set(k, v),
-                )
-            })
-            .collect();
-        let first = &requests[0].name;
-        let results = self
-            .bounded(
-                first,
-                "create",
-                self.client.create_topics(&new_topics, &self.options()),
-            )
-            .await?;
+        };
+        let batcher = self
+            .batcher
+            .get_or_init(|| Batcher::start(Arc::clone(&self.client), self.options(), self.timeout));
+        let topics = requests.iter().map(|r| (*r).clone()).collect();
+        let results = match batcher.create(topics).await {
+            Ok(results) => results,
+            Err(BatchFailure::Kafka(e)) => return Err(kafka_error(&first.name, "create", &e)),
+            Err(BatchFailure::TimedOut) => {
+                return Err(timed_out(&first.name, "create", self.timeout));
+            }
+            Err(BatchFailure::Closed) => {
+                return Err(TopicError::Kafka {
+                    topic: first.name.clone(),
+                    message: "create: the operator is shutting down".into(),
+                    permanent: false,
+                });
+            }
+        };
         let mut raced = Vec::new();
-        for result in results {
-            match result {
-                Ok(_) => {}
-                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => raced.push(name),
-                Err((name, code)) => return Err(code_error(&name, "create", code)),
+        for (name, verdict) in results {
+            match verdict {
+                None => {}
+                Some(RDKafkaErrorCode::TopicAlreadyExists) => raced.push(name),
+                Some(code) => return Err(code_error(&name, "create", code)),
             }
         }
         Ok(raced)
