@@ -39,6 +39,7 @@ use crate::{
     roles::{
         self, Context, RoleError, Shutdown,
         ingest::{Ingest, IngestOptions},
+        serve::ServerLimits,
     },
     secrets::SecretStore,
     sources::webhook::Health,
@@ -65,6 +66,8 @@ pub struct LocalOptions {
     pub drain_timeout: Duration,
     /// The durable log of the bus (`<data>/bus`); `None` keeps accepted events in memory only.
     pub log: Option<LogOptions>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: ServerLimits,
 }
 
 impl LocalOptions {
@@ -78,6 +81,7 @@ impl LocalOptions {
             publish_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             log: Some(LogOptions::new(data_dir.join("bus"))),
+            http: ServerLimits::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl Engine {
                 sources: options.sources,
                 state_dir: options.data_dir.join("state"),
                 state_store: None,
+                http: options.http.clone(),
             },
             &mut sources,
         )

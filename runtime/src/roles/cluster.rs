@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use super::{
     Context, RoleError, Shutdown,
     ingest::{Ingest, IngestOptions},
+    serve::{self, ServerLimits},
 };
 use crate::{
     bus::{
@@ -72,6 +73,8 @@ pub struct ClusterOptions {
     pub state_dir: PathBuf,
     /// Producer and health settings of the bus.
     pub kafka: KafkaOptions,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: ServerLimits,
 }
 
 /// Why a role could not run.
@@ -237,6 +240,7 @@ pub async fn start(
                     sources: true,
                     state_dir: options.state_dir.clone(),
                     state_store,
+                    http: options.http.clone(),
                 },
                 &mut tasks,
             )
@@ -248,11 +252,11 @@ pub async fn start(
         }
         ComponentConfig::Process(c) => {
             super::process::start(&cx, std::slice::from_ref(c), &mut tasks)?;
-            serve_health(&cx, options.listen).await?
+            serve_health(&cx, options.listen, &options.http).await?
         }
         ComponentConfig::Act(c) => {
             super::act::start(&cx, std::slice::from_ref(c), &mut tasks)?;
-            serve_health(&cx, options.listen).await?
+            serve_health(&cx, options.listen, &options.http).await?
         }
     };
     tracing::info!(target: "inputbot::run", role = options.role.as_str(), resource = %config.resource(),
@@ -299,29 +303,29 @@ async fn open_state(
     }
 }
 
-/// `/healthz`, `/readyz` and `/metrics` for the roles without webhooks.
+/// `/healthz`, `/readyz` and `/metrics` for the roles without webhooks, on the same server
+/// (and limits) as ingest's.
 async fn serve_health(
     cx: &Context,
     listen: SocketAddr,
+    limits: &ServerLimits,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RoleError> {
-    let router = Intake::new(&[], cx.bus.clone(), cx.metrics.clone(), cx.health.clone())?.router();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RoleError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| RoleError::Listen {
-        addr: listen,
-        source,
-    })?;
-    let stop = cx.shutdown.http.clone();
-    let server = tokio::spawn(async move {
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
-        }
-    });
+    let router = Intake::new(
+        &[],
+        cx.bus.clone(),
+        cx.metrics.clone(),
+        cx.health.clone(),
+        limits.request_timeout,
+    )?
+    .router();
+    let (listener, addr) = serve::bind(listen).await?;
+    let server = serve::serve(
+        listener,
+        router,
+        limits,
+        cx.metrics.clone(),
+        cx.shutdown.http.clone(),
+    );
     Ok((addr, server))
 }
 

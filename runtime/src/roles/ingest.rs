@@ -8,7 +8,10 @@ use futures::future::BoxFuture;
 use inputbot_api::{bot::SourceKind, config::IngestConfig};
 use tokio::task::JoinSet;
 
-use super::{Context, RoleError};
+use super::{
+    Context, RoleError,
+    serve::{self, ServerLimits},
+};
 use crate::{
     bus::{Bus, BusError},
     event::Event,
@@ -32,6 +35,8 @@ pub struct IngestOptions {
     pub state_dir: PathBuf,
     /// A shared store of source states (in a cluster: the bot's state topic), per bot.
     pub state_store: Option<Arc<dyn StateStore>>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: ServerLimits,
 }
 
 /// The running HTTP side of ingest.
@@ -127,30 +132,22 @@ pub async fn start(
         cx.bus.clone(),
         cx.metrics.clone(),
         cx.health.clone(),
+        options.http.request_timeout,
     )?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RoleError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| RoleError::Listen {
-        addr: listen,
-        source,
-    })?;
+    let (listener, bound) = serve::bind(listen).await?;
     for path in intake.paths() {
         tracing::info!(target: "inputbot::run", "webhook http://{bound}{path}");
     }
-    let router = intake.router();
-    let stop = cx.shutdown.http.clone();
-    let server = tokio::spawn(async move {
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
-        }
-    });
+    let server = serve::serve(
+        listener,
+        intake.router(),
+        &options.http,
+        cx.metrics.clone(),
+        cx.shutdown.http.clone(),
+    );
     Ok(Ingest {
         addr: Some(bound),
         server: Some(server),
     })
 }
+
