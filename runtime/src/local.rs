@@ -38,7 +38,7 @@ use crate::{
     metrics::Metrics,
     roles::{
         self, Context, RoleError, Shutdown,
-        ingest::{Ingest, IngestOptions},
+        ingest::{self, Ingest, IngestOptions},
         serve::ServerLimits,
     },
     secrets::SecretStore,
@@ -273,12 +273,7 @@ impl Engine {
         }
         // A poll or firing in flight finishes (bounded by its timeout and the bus's publish
         // timeout): what it marks seen is on the bus before the bus is asked to settle.
-        let sources_done = async { while self.sources.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.drain_timeout, sources_done)
-            .await
-            .is_err()
-        {
-            tracing::warn!(target: "inputbot::run", "poll or schedule sources still running after {:?}", self.drain_timeout);
+        if !ingest::finish_sources(&mut self.sources, self.drain_timeout).await {
             self.sources.abort_all();
         }
         let drained = self.bus.settle(self.drain_timeout).await;

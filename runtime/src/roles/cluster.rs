@@ -6,6 +6,7 @@
 //!    ─▶ the role (ingest: sources + webhook routes; process / act: their consumer group)
 //!    ─▶ HTTP on --listen: /healthz, /readyz (bus healthy and not draining), /metrics (+ webhooks)
 //!  SIGTERM ─▶ readiness off, webhooks 503 ─▶ sources stop, HTTP answers what is open
+//!          ─▶ poll, schedule and Kafka sources finish what is in flight (as locally)
 //!          ─▶ consumers take nothing more, in-flight events finish (until the drain timeout,
 //!             then deliveries are cut short and left unacknowledged: redelivered)
 //!          ─▶ commit the watermarks, leave the groups ─▶ flush the producer ─▶ exit
@@ -21,7 +22,7 @@ use tokio::task::JoinSet;
 
 use super::{
     Context, RoleError, Shutdown,
-    ingest::{Ingest, IngestOptions},
+    ingest::{self, Ingest, IngestOptions},
     serve::{self, ServerLimits},
 };
 use crate::{
@@ -191,7 +192,11 @@ pub struct Running {
     pub addr: SocketAddr,
     cx: Context,
     bus: Arc<KafkaBus>,
+    /// Consumers (process and act).
     tasks: JoinSet<()>,
+    /// Poll, schedule and Kafka sources (ingest): awaited on shutdown before the consumers
+    /// stop and the producer is flushed.
+    sources: JoinSet<()>,
     server: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
 }
@@ -226,6 +231,7 @@ pub async fn start(
         dead_letter_on_shutdown: false,
     };
     let mut tasks = JoinSet::new();
+    let mut sources = JoinSet::new();
     let (addr, server) = match &config {
         ComponentConfig::Ingest(c) => {
             let state_store = match &c.state_topic {
@@ -242,7 +248,7 @@ pub async fn start(
                     state_store,
                     http: options.http.clone(),
                 },
-                &mut tasks,
+                &mut sources,
             )
             .await?;
             match (addr, server) {
@@ -266,6 +272,7 @@ pub async fn start(
         cx,
         bus,
         tasks,
+        sources,
         server,
         drain_timeout: options.drain_timeout,
     })
@@ -348,17 +355,25 @@ impl Running {
             tracing::warn!(target: "inputbot::run", "HTTP requests still open after {:?}", self.drain_timeout);
             self.server.abort();
         }
+        // What a poll or firing in flight marked seen is produced before the flush below.
+        let sources_done = ingest::finish_sources(&mut self.sources, self.drain_timeout).await;
         shutdown.consumers.cancel();
-        let drained = tokio::time::timeout(self.drain_timeout, join_all(&mut self.tasks))
-            .await
-            .is_ok();
+        let drained = sources_done
+            && tokio::time::timeout(self.drain_timeout, join_all(&mut self.tasks))
+                .await
+                .is_ok();
         if !drained {
             tracing::warn!(target: "inputbot::run", "drain timeout ({:?}): cutting deliveries short; Kafka redelivers them", self.drain_timeout);
             shutdown.abort.cancel();
-            if tokio::time::timeout(Duration::from_secs(10), join_all(&mut self.tasks))
+            let rest = async {
+                join_all(&mut self.sources).await;
+                join_all(&mut self.tasks).await;
+            };
+            if tokio::time::timeout(Duration::from_secs(10), rest)
                 .await
                 .is_err()
             {
+                self.sources.abort_all();
                 self.tasks.abort_all();
             }
         }
