@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!  accept ─▶ at the connection cap? ─yes─▶ close the connection that has waited longest with
-//!    │                                     no request in flight (none: stop accepting until one
-//!    │                                     ends; new connections wait in the listen backlog)
+//!    │                                     no request in flight (none: wait until one ends;
+//!    │                                     further connections wait in the listen backlog)
 //!    ▼
 //!  one task per connection: hyper HTTP/1
 //!    ├─ the head of a request (first or next) not read within the header-read timeout ─▶ closed
@@ -15,8 +15,10 @@
 //! ```
 //!
 //! Why close an idle connection at the cap instead of refusing the new one: a probe or a
-//! sender that arrives while slow clients hold every slot is answered at once, and the
-//! connection closed has sent nothing the server answered (a request in flight is never cut).
+//! sender that arrives while slow clients hold every slot is answered at once, and nothing
+//! answered is lost: a request in flight is never cut, a connection that never had a request
+//! is dropped, and a keep-alive one between requests is closed gracefully (its last answer is
+//! written out first, within a second).
 
 use std::{
     collections::HashMap,
@@ -41,6 +43,9 @@ use tower::ServiceExt as _;
 
 use super::RoleError;
 use crate::metrics::Metrics;
+
+/// How long a keep-alive connection closed at the cap may take to write out its last answer.
+const EVICTION_GRACE: Duration = Duration::from_secs(1);
 
 /// Limits of the HTTP server; the defaults hold on a small machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,8 +123,8 @@ struct Server {
 #[derive(Default)]
 struct Table {
     open: Mutex<HashMap<u64, Arc<Conn>>>,
-    /// Fired when a connection ends: room for the next one.
-    ended: Notify,
+    /// Fired when a connection ends or its request finished: room may be made for the next.
+    changed: Notify,
 }
 
 impl Table {
@@ -154,7 +159,7 @@ impl Table {
 
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
-        self.ended.notify_one();
+        self.changed.notify_one();
     }
 }
 
@@ -200,17 +205,6 @@ impl Server {
         let (all_closed, holder) = tokio::sync::watch::channel(());
         let mut next_id = 0u64;
         'accept: loop {
-            // Room for one more: close an idle connection, or wait for one to end.
-            while this.table.len() >= this.limits.max_connections.max(1) {
-                if this.table.evict_oldest_idle() {
-                    this.closed(Closed::Evicted);
-                    break;
-                }
-                tokio::select! {
-                    () = this.table.ended.notified() => {}
-                    () = stop.cancelled() => break 'accept,
-                }
-            }
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
@@ -221,6 +215,18 @@ impl Server {
                 },
                 () = stop.cancelled() => break,
             };
+            // Room for it: close the longest-idle connection, or wait until one ends or goes
+            // idle (the next connections wait in the listen backlog meanwhile).
+            while this.table.len() >= this.limits.max_connections.max(1) {
+                if this.table.evict_oldest_idle() {
+                    this.closed(Closed::Evicted);
+                    break;
+                }
+                tokio::select! {
+                    () = this.table.changed.notified() => {}
+                    () = stop.cancelled() => break 'accept,
+                }
+            }
             next_id += 1;
             let conn = Arc::new(Conn {
                 in_flight: AtomicUsize::new(0),
@@ -283,8 +289,10 @@ impl Server {
             .keep_alive(true);
         let mut http = pin!(builder.serve_connection(TokioIo::new(stream), service));
         let mut stopping = false;
+        // Set once evicted with an answer possibly still being written: when to stop waiting.
+        let mut evicted: Option<tokio::time::Instant> = None;
         let why = loop {
-            let deadline = self.idle_deadline(&conn);
+            let deadline = evicted.unwrap_or_else(|| self.idle_deadline(&conn));
             tokio::select! {
                 served = http.as_mut() => break match served {
                     Err(e) if e.is_timeout() => Some(Closed::HeaderTimeout),
@@ -294,9 +302,20 @@ impl Server {
                     stopping = true;
                     http.as_mut().graceful_shutdown();
                 }
-                // Removed from the table by the accept loop, which counted it.
-                () = conn.close.cancelled() => break None,
+                // Removed from the table (and counted) by the accept loop. A connection that
+                // never had a request is dropped at once; one that had, is closed gracefully
+                // so that its last answer is written out, within EVICTION_GRACE.
+                () = conn.close.cancelled(), if evicted.is_none() => {
+                    if conn.served.load(Ordering::Acquire) == 0 {
+                        break None;
+                    }
+                    http.as_mut().graceful_shutdown();
+                    evicted = Some(tokio::time::Instant::now() + EVICTION_GRACE);
+                }
                 () = tokio::time::sleep_until(deadline) => {
+                    if evicted.is_some() {
+                        break None;
+                    }
                     if self.idle_deadline(&conn) <= tokio::time::Instant::now() {
                         break Some(Closed::Idle);
                     }
@@ -345,6 +364,8 @@ impl Drop for InFlight {
             .store(self.server.now_ms(), Ordering::Release);
         self.conn.served.fetch_add(1, Ordering::AcqRel);
         self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // An accept waiting at the cap may now close this connection for its own.
+        self.server.table.changed.notify_one();
     }
 }
 
@@ -386,4 +407,205 @@ async fn accept_failed(e: std::io::Error) {
     }
     tracing::error!(target: "inputbot::run", "cannot accept a connection (pausing 1 s): {e}");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    use super::*;
+
+    /// `/healthz` at once, `/slow` after 600 ms, served under `limits`.
+    async fn start(
+        limits: ServerLimits,
+    ) -> (
+        SocketAddr,
+        Arc<Metrics>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    "slow\n"
+                }),
+            );
+        let (listener, addr) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let server = serve(listener, router, &limits, metrics.clone(), stop.clone());
+        (addr, metrics, stop, server)
+    }
+
+    async fn send(addr: SocketAddr, path: &str) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s
+    }
+
+    /// Reads one answer whose body ends with `end`, or until EOF; `None` on EOF before it.
+    async fn answer(s: &mut TcpStream, end: &str) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("no answer within 5 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if text.ends_with(end) {
+                return Some(text.into_owned());
+            }
+        }
+    }
+
+    /// Whether the server closed the socket within `within`.
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    fn closed(metrics: &Metrics, reason: &str) -> bool {
+        metrics.encode().contains(&format!(
+            "inputbot_http_connections_closed_total{{reason=\"{reason}\"}} 1"
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_with_no_next_request_is_closed_after_the_idle_timeout() {
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..ServerLimits::default()
+        };
+        let (addr, metrics, _stop, _server) = start(limits).await;
+        let mut s = send(addr, "/healthz").await;
+        assert!(
+            answer(&mut s, "ok\n")
+                .await
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
+        let answered = Instant::now();
+        assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+        let idle = answered.elapsed();
+        assert!(idle >= Duration::from_millis(250), "closed after {idle:?}");
+        assert!(closed(&metrics, "idle"), "{}", metrics.encode());
+    }
+
+    #[tokio::test]
+    async fn a_head_that_does_not_arrive_in_time_closes_the_connection() {
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServerLimits::default()
+        };
+        let (addr, metrics, _stop, _server) = start(limits).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+        assert!(closed(&metrics, "header_timeout"), "{}", metrics.encode());
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_new_connection_takes_the_place_of_an_idle_one_never_of_a_request_in_flight()
+     {
+        let limits = ServerLimits {
+            max_connections: 2,
+            ..ServerLimits::default()
+        };
+        let (addr, metrics, _stop, _server) = start(limits).await;
+        let mut busy = send(addr, "/slow").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The cap is reached: the probe gets in, the idle connection makes room.
+        let mut probe = send(addr, "/healthz").await;
+        assert!(
+            answer(&mut probe, "ok\n")
+                .await
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(closed_within(&mut idle, Duration::from_secs(1)).await);
+        assert!(closed(&metrics, "evicted"), "{}", metrics.encode());
+        // The request in flight was not cut.
+        assert!(
+            answer(&mut busy, "slow\n")
+                .await
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_with_every_request_in_flight_a_new_connection_waits_until_one_is_answered()
+    {
+        let limits = ServerLimits {
+            max_connections: 1,
+            ..ServerLimits::default()
+        };
+        let (addr, _metrics, _stop, _server) = start(limits).await;
+        let mut busy = send(addr, "/slow").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let mut next = send(addr, "/healthz").await;
+        // The busy connection is answered and, kept alive, idle: it makes room then.
+        assert!(
+            answer(&mut busy, "slow\n")
+                .await
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(
+            answer(&mut next, "ok\n")
+                .await
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400),
+            "answered after {waited:?}"
+        );
+        assert!(closed_within(&mut busy, Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_the_request_in_flight_then_the_server_ends() {
+        let (addr, _metrics, stop, server) = start(ServerLimits::default()).await;
+        let mut busy = send(addr, "/slow").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        assert!(
+            answer(&mut busy, "slow\n")
+                .await
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("the server ended")
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer listening"
+        );
+    }
 }
