@@ -38,7 +38,8 @@ use crate::{
     metrics::Metrics,
     roles::{
         self, Context, RoleError, Shutdown,
-        ingest::{Ingest, IngestOptions},
+        ingest::{self, Ingest, IngestOptions},
+        serve::ServerLimits,
     },
     secrets::SecretStore,
     sources::webhook::Health,
@@ -65,6 +66,8 @@ pub struct LocalOptions {
     pub drain_timeout: Duration,
     /// The durable log of the bus (`<data>/bus`); `None` keeps accepted events in memory only.
     pub log: Option<LogOptions>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: ServerLimits,
 }
 
 impl LocalOptions {
@@ -78,6 +81,7 @@ impl LocalOptions {
             publish_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             log: Some(LogOptions::new(data_dir.join("bus"))),
+            http: ServerLimits::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl Engine {
                 sources: options.sources,
                 state_dir: options.data_dir.join("state"),
                 state_store: None,
+                http: options.http.clone(),
             },
             &mut sources,
         )
@@ -268,12 +273,7 @@ impl Engine {
         }
         // A poll or firing in flight finishes (bounded by its timeout and the bus's publish
         // timeout): what it marks seen is on the bus before the bus is asked to settle.
-        let sources_done = async { while self.sources.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.drain_timeout, sources_done)
-            .await
-            .is_err()
-        {
-            tracing::warn!(target: "inputbot::run", "poll or schedule sources still running after {:?}", self.drain_timeout);
+        if !ingest::finish_sources(&mut self.sources, self.drain_timeout).await {
             self.sources.abort_all();
         }
         let drained = self.bus.settle(self.drain_timeout).await;

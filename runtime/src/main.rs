@@ -11,6 +11,7 @@ use inputbot_runtime::{
     roles::{
         self,
         cluster::{self, ClusterOptions, Role},
+        serve::ServerLimits,
     },
     telemetry::{self, LogFormat},
     validate,
@@ -66,6 +67,8 @@ enum Command {
         /// the stages catch up.
         #[arg(long, default_value_t = 1 << 30, env = "INPUTBOT_BUS_MAX_BYTES")]
         bus_max_bytes: u64,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Check files (as you would `kubectl apply` them) without a cluster: schema, CEL rules,
     /// references, expressions, JSON Schemas, cron, durations and names. Exits 1 on any error.
@@ -110,6 +113,53 @@ struct RoleArgs {
     /// Where poll sources keep their state.
     #[arg(long, env = "INPUTBOT_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// Limits of the HTTP server (webhooks, /healthz, /readyz, /metrics), the same for every
+/// command that serves; durations such as `10s` or `500ms` (docs/operations.md).
+#[derive(clap::Args, Debug)]
+struct HttpArgs {
+    /// How long a client may take to send a request's line and headers, counted from when the
+    /// connection waits for them (so also a keep-alive connection's wait for its next
+    /// request); past it the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, env = "INPUTBOT_HTTP_HEADER_READ_TIMEOUT")]
+    http_header_read_timeout: Duration,
+    /// How long a webhook's body may take to arrive after its headers; past it the request is
+    /// answered 408.
+    #[arg(long, default_value = "30s", value_parser = positive_duration, env = "INPUTBOT_HTTP_REQUEST_TIMEOUT")]
+    http_request_timeout: Duration,
+    /// How long a keep-alive connection may stay open with no request after its last answer.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, env = "INPUTBOT_HTTP_IDLE_TIMEOUT")]
+    http_idle_timeout: Duration,
+    /// Most connections open at once. At the cap a new connection takes the place of the one
+    /// idle the longest (no request in flight); when all have a request in flight, new ones
+    /// wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), env = "INPUTBOT_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: u32,
+}
+
+impl HttpArgs {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.http_header_read_timeout,
+            request_timeout: self.http_request_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections as usize,
+        }
+    }
+}
+
+/// A duration above zero, as `10s`, `500ms` or `1m`.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("expected a duration above zero, found 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "expected a duration such as 10s or 500ms, found {s:?}: {e}"
+        )),
+    }
 }
 
 async fn run_role(role: Role, args: RoleArgs, format: LogFormat) -> ExitCode {
@@ -131,6 +181,7 @@ async fn run_role(role: Role, args: RoleArgs, format: LogFormat) -> ExitCode {
             .state_dir
             .unwrap_or_else(|| std::env::temp_dir().join("inputbot-state")),
         kafka: KafkaOptions::default(),
+        http: args.http.limits(),
     };
     match cluster::run(&options, settings, roles::signal()).await {
         Ok(_) => ExitCode::SUCCESS,
@@ -310,6 +361,7 @@ async fn main() -> ExitCode {
             namespace,
             bus,
             bus_max_bytes,
+            http,
         } => {
             telemetry::init(cli.log_format);
             let set = match load(&files, &namespace) {
@@ -317,6 +369,7 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let mut options = local::LocalOptions::new(Some(listen), &data_dir);
+            options.http = http.limits();
             match (&mut options.log, bus) {
                 (Some(log), BusMode::Disk) => log.max_bytes = bus_max_bytes,
                 (log, _) => *log = None,
@@ -420,5 +473,36 @@ async fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_flags_default_to_the_servers_own_limits_and_take_short_durations() {
+        let Command::Run { http, .. } = Cli::try_parse_from(["inputbot", "run"]).unwrap().command
+        else {
+            panic!("run");
+        };
+        assert_eq!(http.limits(), ServerLimits::default());
+        let cli = Cli::try_parse_from([
+            "inputbot",
+            "ingest",
+            "--http-header-read-timeout",
+            "500ms",
+            "--http-max-connections",
+            "8",
+        ])
+        .unwrap();
+        let Command::Ingest(args) = cli.command else {
+            panic!("ingest");
+        };
+        let limits = args.http.limits();
+        assert_eq!(limits.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_connections, 8);
+        let e = Cli::try_parse_from(["inputbot", "run", "--http-idle-timeout", "0s"]).unwrap_err();
+        assert!(e.to_string().contains("above zero"), "{e}");
     }
 }

@@ -150,6 +150,17 @@ pub struct Metrics {
     /// Kafka: copies of an event dropped by a consumer group's deduplication window (they
     /// reached another ingest replica, or a source emitted them again).
     pub kafka_duplicates_dropped: Family<GroupLabels, Counter>,
+    /// HTTP connections open.
+    pub http_connections: Gauge,
+    /// HTTP connections the server closed, by reason (`header_timeout`, `idle`, `evicted`).
+    pub http_connections_closed: Family<ConnectionLabels, Counter>,
+}
+
+/// Labels of a connection the HTTP server closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `header_timeout`, `idle` or `evicted` (closed at the connection cap).
+    pub reason: String,
 }
 
 /// Labels of a consumer group.
@@ -192,6 +203,8 @@ impl Metrics {
             kafka_commits: Family::default(),
             kafka_consumer_lag: Family::default(),
             kafka_duplicates_dropped: Family::default(),
+            http_connections: Gauge::default(),
+            http_connections_closed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -303,6 +316,16 @@ impl Metrics {
             "kafka_duplicates_dropped",
             "Copies of an event a consumer group's deduplication window dropped",
             m.kafka_duplicates_dropped.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections the server closed, by reason",
+            m.http_connections_closed.clone(),
         );
         Arc::new(Self { registry, ..m })
     }

@@ -6,6 +6,7 @@
 //!    ─▶ the role (ingest: sources + webhook routes; process / act: their consumer group)
 //!    ─▶ HTTP on --listen: /healthz, /readyz (bus healthy and not draining), /metrics (+ webhooks)
 //!  SIGTERM ─▶ readiness off, webhooks 503 ─▶ sources stop, HTTP answers what is open
+//!          ─▶ poll, schedule and Kafka sources finish what is in flight (as locally)
 //!          ─▶ consumers take nothing more, in-flight events finish (until the drain timeout,
 //!             then deliveries are cut short and left unacknowledged: redelivered)
 //!          ─▶ commit the watermarks, leave the groups ─▶ flush the producer ─▶ exit
@@ -21,7 +22,8 @@ use tokio::task::JoinSet;
 
 use super::{
     Context, RoleError, Shutdown,
-    ingest::{Ingest, IngestOptions},
+    ingest::{self, Ingest, IngestOptions},
+    serve::{self, ServerLimits},
 };
 use crate::{
     bus::{
@@ -72,6 +74,8 @@ pub struct ClusterOptions {
     pub state_dir: PathBuf,
     /// Producer and health settings of the bus.
     pub kafka: KafkaOptions,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: ServerLimits,
 }
 
 /// Why a role could not run.
@@ -188,7 +192,11 @@ pub struct Running {
     pub addr: SocketAddr,
     cx: Context,
     bus: Arc<KafkaBus>,
+    /// Consumers (process and act).
     tasks: JoinSet<()>,
+    /// Poll, schedule and Kafka sources (ingest): awaited on shutdown before the consumers
+    /// stop and the producer is flushed.
+    sources: JoinSet<()>,
     server: tokio::task::JoinHandle<()>,
     drain_timeout: Duration,
 }
@@ -223,6 +231,7 @@ pub async fn start(
         dead_letter_on_shutdown: false,
     };
     let mut tasks = JoinSet::new();
+    let mut sources = JoinSet::new();
     let (addr, server) = match &config {
         ComponentConfig::Ingest(c) => {
             let state_store = match &c.state_topic {
@@ -237,8 +246,9 @@ pub async fn start(
                     sources: true,
                     state_dir: options.state_dir.clone(),
                     state_store,
+                    http: options.http.clone(),
                 },
-                &mut tasks,
+                &mut sources,
             )
             .await?;
             match (addr, server) {
@@ -248,11 +258,11 @@ pub async fn start(
         }
         ComponentConfig::Process(c) => {
             super::process::start(&cx, std::slice::from_ref(c), &mut tasks)?;
-            serve_health(&cx, options.listen).await?
+            serve_health(&cx, options.listen, &options.http).await?
         }
         ComponentConfig::Act(c) => {
             super::act::start(&cx, std::slice::from_ref(c), &mut tasks)?;
-            serve_health(&cx, options.listen).await?
+            serve_health(&cx, options.listen, &options.http).await?
         }
     };
     tracing::info!(target: "inputbot::run", role = options.role.as_str(), resource = %config.resource(),
@@ -262,6 +272,7 @@ pub async fn start(
         cx,
         bus,
         tasks,
+        sources,
         server,
         drain_timeout: options.drain_timeout,
     })
@@ -299,29 +310,29 @@ async fn open_state(
     }
 }
 
-/// `/healthz`, `/readyz` and `/metrics` for the roles without webhooks.
+/// `/healthz`, `/readyz` and `/metrics` for the roles without webhooks, on the same server
+/// (and limits) as ingest's.
 async fn serve_health(
     cx: &Context,
     listen: SocketAddr,
+    limits: &ServerLimits,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RoleError> {
-    let router = Intake::new(&[], cx.bus.clone(), cx.metrics.clone(), cx.health.clone())?.router();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RoleError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| RoleError::Listen {
-        addr: listen,
-        source,
-    })?;
-    let stop = cx.shutdown.http.clone();
-    let server = tokio::spawn(async move {
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
-        }
-    });
+    let router = Intake::new(
+        &[],
+        cx.bus.clone(),
+        cx.metrics.clone(),
+        cx.health.clone(),
+        limits.request_timeout,
+    )?
+    .router();
+    let (listener, addr) = serve::bind(listen).await?;
+    let server = serve::serve(
+        listener,
+        router,
+        limits,
+        cx.metrics.clone(),
+        cx.shutdown.http.clone(),
+    );
     Ok((addr, server))
 }
 
@@ -344,17 +355,25 @@ impl Running {
             tracing::warn!(target: "inputbot::run", "HTTP requests still open after {:?}", self.drain_timeout);
             self.server.abort();
         }
+        // What a poll or firing in flight marked seen is produced before the flush below.
+        let sources_done = ingest::finish_sources(&mut self.sources, self.drain_timeout).await;
         shutdown.consumers.cancel();
-        let drained = tokio::time::timeout(self.drain_timeout, join_all(&mut self.tasks))
-            .await
-            .is_ok();
+        let drained = sources_done
+            && tokio::time::timeout(self.drain_timeout, join_all(&mut self.tasks))
+                .await
+                .is_ok();
         if !drained {
             tracing::warn!(target: "inputbot::run", "drain timeout ({:?}): cutting deliveries short; Kafka redelivers them", self.drain_timeout);
             shutdown.abort.cancel();
-            if tokio::time::timeout(Duration::from_secs(10), join_all(&mut self.tasks))
+            let rest = async {
+                join_all(&mut self.sources).await;
+                join_all(&mut self.tasks).await;
+            };
+            if tokio::time::timeout(Duration::from_secs(10), rest)
                 .await
                 .is_err()
             {
+                self.sources.abort_all();
                 self.tasks.abort_all();
             }
         }

@@ -2,13 +2,16 @@
 //! tasks — each publishing what it accepts to the bot's raw topic, answering (or moving on)
 //! only once the bus holds it.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use inputbot_api::{bot::SourceKind, config::IngestConfig};
 use tokio::task::JoinSet;
 
-use super::{Context, RoleError};
+use super::{
+    Context, RoleError,
+    serve::{self, ServerLimits},
+};
 use crate::{
     bus::{Bus, BusError},
     event::Event,
@@ -32,6 +35,8 @@ pub struct IngestOptions {
     pub state_dir: PathBuf,
     /// A shared store of source states (in a cluster: the bot's state topic), per bot.
     pub state_store: Option<Arc<dyn StateStore>>,
+    /// Timeouts and the connection cap of the HTTP server.
+    pub http: ServerLimits,
 }
 
 /// The running HTTP side of ingest.
@@ -127,30 +132,95 @@ pub async fn start(
         cx.bus.clone(),
         cx.metrics.clone(),
         cx.health.clone(),
+        options.http.request_timeout,
     )?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| RoleError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| RoleError::Listen {
-        addr: listen,
-        source,
-    })?;
+    let (listener, bound) = serve::bind(listen).await?;
     for path in intake.paths() {
         tracing::info!(target: "inputbot::run", "webhook http://{bound}{path}");
     }
-    let router = intake.router();
-    let stop = cx.shutdown.http.clone();
-    let server = tokio::spawn(async move {
-        let server = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = server.await {
-            tracing::error!(target: "inputbot::run", "HTTP server failed: {e}");
-        }
-    });
+    let server = serve::serve(
+        listener,
+        intake.router(),
+        &options.http,
+        cx.metrics.clone(),
+        cx.shutdown.http.clone(),
+    );
     Ok(Ingest {
         addr: Some(bound),
         server: Some(server),
     })
+}
+
+/// Awaits the source tasks of [`start`] (poll, schedule, Kafka sources) once
+/// `shutdown.sources` fired, for up to `timeout`: a poll or firing in flight finishes (it is
+/// bounded by its own timeout and the bus's publish timeout), so everything it marked seen is
+/// on the bus before the bus is settled (locally) or flushed (in a cluster). Returns false
+/// when some were still running; the caller cuts them short.
+pub async fn finish_sources(tasks: &mut JoinSet<()>, timeout: Duration) -> bool {
+    let all = async {
+        while let Some(done) = tasks.join_next().await {
+            super::log_panic(done);
+        }
+    };
+    if tokio::time::timeout(timeout, all).await.is_ok() {
+        return true;
+    }
+    tracing::warn!(target: "inputbot::run", running = tasks.len(),
+        "poll, schedule or Kafka sources still running after {timeout:?}");
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// A source that, like a poll in flight, keeps emitting for a while after it was told to
+    /// stop; counts what it emitted.
+    fn slow_source(tasks: &mut JoinSet<()>, stop: &CancellationToken, emitted: &Arc<AtomicUsize>) {
+        let (stop, emitted) = (stop.clone(), emitted.clone());
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                emitted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn finishing_the_sources_waits_for_what_a_poll_in_flight_still_emits() {
+        let (mut tasks, stop, emitted) = (
+            JoinSet::new(),
+            CancellationToken::new(),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        slow_source(&mut tasks, &stop, &emitted);
+        slow_source(&mut tasks, &stop, &emitted);
+        stop.cancel();
+        assert!(finish_sources(&mut tasks, Duration::from_secs(10)).await);
+        assert_eq!(
+            emitted.load(Ordering::SeqCst),
+            40,
+            "every item emitted before the return"
+        );
+        assert!(tasks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn finishing_the_sources_gives_up_after_the_timeout_and_leaves_the_rest_to_the_caller() {
+        let (mut tasks, stop, emitted) = (
+            JoinSet::new(),
+            CancellationToken::new(),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        slow_source(&mut tasks, &stop, &emitted);
+        stop.cancel();
+        assert!(!finish_sources(&mut tasks, Duration::from_millis(30)).await);
+        assert_eq!(tasks.len(), 1, "still running: the caller aborts it");
+        tasks.abort_all();
+    }
 }

@@ -25,6 +25,7 @@ mod consume;
 pub mod ingest;
 mod kafka_source;
 pub mod process;
+pub mod serve;
 
 use self::consume::consume;
 

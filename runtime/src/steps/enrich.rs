@@ -1,13 +1,11 @@
 //! The enrich step: looks a value up over HTTP (a URL template, optional jq body, configured
 //! headers) and stores the JSON answer under `resultField` of the event data. Answers are
-//! cached per URL and body for `cacheTTL` (bounded), and `onError: skip` lets the event go on
+//! cached by the SHA-256 of URL and body for `cacheTTL`, bounded in entries and in bytes
+//! ([`super::cache`], shared with `ai`: a URL or body of MiBs costs its hash, an answer its
+//! size, and one larger than the bound is not kept), and `onError: skip` lets the event go on
 //! without the value when the lookup fails.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use inputbot_api::{
     expr::{JqProgram, Scope, Template},
@@ -15,9 +13,10 @@ use inputbot_api::{
 };
 use serde_json::Value;
 
+use super::cache::{self, Cache, MAX_CACHE_BYTES};
 use crate::{event::Event, outbound, secrets::Secrets};
 
-/// Most responses an enrich step keeps in its cache.
+/// Most responses an enrich step keeps in its cache (and at most [`MAX_CACHE_BYTES`]).
 const CACHE_CAPACITY: usize = 10_000;
 
 pub(super) struct Enricher {
@@ -27,11 +26,11 @@ pub(super) struct Enricher {
     body: Option<JqProgram>,
     pub(super) result_field: String,
     timeout: Duration,
-    cache_ttl: Option<Duration>,
     skip_on_error: bool,
     oauth2: Option<outbound::OAuth2>,
     client: reqwest::Client,
-    cache: Mutex<HashMap<String, (Instant, Value)>>,
+    /// Present with `cacheTTL`.
+    cache: Option<Cache>,
 }
 
 impl Enricher {
@@ -59,12 +58,13 @@ impl Enricher {
                 .map_err(|e| ("body".to_owned(), e))?,
             result_field: spec.result_field.clone(),
             timeout: dur(&spec.timeout, "timeout", Duration::from_secs(2))?,
-            cache_ttl: spec
+            cache: spec
                 .cache_ttl
                 .as_ref()
                 .map(|d| d.to_std())
                 .transpose()
-                .map_err(|e| ("cacheTTL".to_owned(), e))?,
+                .map_err(|e| ("cacheTTL".to_owned(), e))?
+                .map(|ttl| Cache::new(ttl, CACHE_CAPACITY, MAX_CACHE_BYTES)),
             skip_on_error: spec.on_error == Some(OnError::Skip),
             oauth2: spec
                 .oauth2
@@ -73,7 +73,6 @@ impl Enricher {
                 .transpose()
                 .map_err(|e| ("oauth2".to_owned(), e.to_string()))?,
             client,
-            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -98,17 +97,16 @@ impl Enricher {
             ),
             None => None,
         };
-        let key = format!(
-            "{url}\n{}",
-            body.as_ref().map(Value::to_string).unwrap_or_default()
-        );
-        if let Some(ttl) = self.cache_ttl {
-            let cache = self.cache.lock().expect("enrich cache lock");
-            if let Some((at, value)) = cache.get(&key)
-                && at.elapsed() < ttl
-            {
-                return Ok(value.clone());
-            }
+        let key = self.cache.as_ref().map(|_| {
+            cache::key(&format!(
+                "{url}\n{}",
+                body.as_ref().map(Value::to_string).unwrap_or_default()
+            ))
+        });
+        if let (Some(cache), Some(key)) = (&self.cache, &key)
+            && let Some(value) = cache.get(key)
+        {
+            return Ok(value);
         }
         let request = match self.method {
             EnrichMethod::Get => self.client.get(&url),
@@ -149,15 +147,8 @@ impl Enricher {
                 None,
             )
         })?;
-        if let Some(ttl) = self.cache_ttl {
-            let mut cache = self.cache.lock().expect("enrich cache lock");
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, (at, _)| at.elapsed() < ttl);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(key, (Instant::now(), value.clone()));
+        if let (Some(cache), Some(key)) = (&self.cache, key) {
+            cache.put(key, value.clone());
         }
         Ok(value)
     }
@@ -181,5 +172,104 @@ impl Enricher {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    };
+
+    use axum::extract::Path;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A lookup service answering `/{size}/{id}` with a JSON string of `size` characters;
+    /// counts the requests it served.
+    async fn lookups() -> (String, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/{size}/{id}",
+            axum::routing::get(move |Path((size, _id)): Path<(usize, String)>| {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, SeqCst);
+                    axum::Json(Value::String("x".repeat(size)))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, calls)
+    }
+
+    /// An enrich step with `cacheTTL: 1h` whose cache holds at most `max_bytes`.
+    fn enricher(url: &str, max_bytes: usize) -> Enricher {
+        let spec: EnrichHttp = serde_json::from_value(json!({
+            "url": format!("{url}/{{{{ data.size }}}}/{{{{ data.id }}}}"),
+            "resultField": "found",
+            "cacheTTL": "1h",
+        }))
+        .unwrap();
+        let secrets = Secrets::Mounted {
+            dir: "/nonexistent".into(),
+        };
+        let mut step = Enricher::new(&spec, &secrets, outbound::client().unwrap()).unwrap();
+        step.cache = Some(Cache::new(
+            Duration::from_secs(3600),
+            CACHE_CAPACITY,
+            max_bytes,
+        ));
+        step
+    }
+
+    async fn look_up(step: &Enricher, size: usize, id: &str) -> usize {
+        let mut event = Event::new("default/bot", "hook", "t", json!({"size": size, "id": id}));
+        step.apply(&mut event).await.unwrap();
+        event.data["found"].as_str().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_no_more_bytes_than_its_bound_and_never_an_answer_larger_than_it() {
+        let (url, calls) = lookups().await;
+        let bound = 64 * 1024;
+        let step = enricher(&url, bound);
+        let size = || step.cache.as_ref().unwrap().size();
+        // 50 distinct answers of 10 KiB: eight times what the cache may hold.
+        for id in 0..50 {
+            assert_eq!(look_up(&step, 10 * 1024, &id.to_string()).await, 10 * 1024);
+            let (_, bytes) = size();
+            assert!(
+                bytes <= bound,
+                "{bytes} bytes cached, over the bound of {bound}"
+            );
+        }
+        let (entries, bytes) = size();
+        assert_eq!(
+            entries, 6,
+            "as many 10 KiB answers as fit in 64 KiB ({bytes} bytes)"
+        );
+        // The newest answers are still served from the cache, the oldest were dropped.
+        let served = calls.load(SeqCst);
+        look_up(&step, 10 * 1024, "49").await;
+        assert_eq!(calls.load(SeqCst), served, "a cached answer");
+        look_up(&step, 10 * 1024, "0").await;
+        assert_eq!(
+            calls.load(SeqCst),
+            served + 1,
+            "the oldest answer was dropped"
+        );
+        // An answer larger than the whole bound is fetched every time and evicts nothing.
+        let before = size();
+        for _ in 0..2 {
+            assert_eq!(look_up(&step, 100 * 1024, "big").await, 100 * 1024);
+        }
+        assert_eq!(calls.load(SeqCst), served + 3);
+        assert_eq!(size(), before);
     }
 }

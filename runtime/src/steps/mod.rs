@@ -18,6 +18,7 @@
 //! async workers between such trips.
 
 mod ai;
+mod cache;
 mod classify;
 mod enrich;
 mod filter;

@@ -66,8 +66,6 @@ use crate::{
 
 /// Default largest body: 1 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
-/// How long intake waits for a request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why intake could not be set up (names the bot, source and field).
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +115,8 @@ pub struct Intake {
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
     health: Health,
+    /// How long a request's body may take to arrive (then `408`).
+    body_timeout: Duration,
 }
 
 impl std::fmt::Debug for Intake {
@@ -128,12 +128,14 @@ impl std::fmt::Debug for Intake {
 }
 
 impl Intake {
-    /// Builds the webhook routes of the given bots (each with its own Secrets).
+    /// Builds the webhook routes of the given bots (each with its own Secrets); a body that
+    /// has not arrived within `body_timeout` is answered `408`.
     pub fn new(
         bots: &[(IngestConfig, Secrets)],
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
         health: Health,
+        body_timeout: Duration,
     ) -> Result<Arc<Self>, IntakeError> {
         let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
         for (config, secrets) in bots {
@@ -166,6 +168,7 @@ impl Intake {
             bus,
             metrics,
             health,
+            body_timeout,
         }))
     }
 
@@ -371,7 +374,7 @@ async fn accept(
     let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
     // A client that trickles its body must not hold a connection (or shutdown) forever.
     let read = tokio::time::timeout(
-        BODY_READ_TIMEOUT,
+        intake.body_timeout,
         http_body_util::Limited::new(body, limit).collect(),
     );
     let bytes = match read.await {
@@ -379,7 +382,7 @@ async fn accept(
             return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
-                format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                format!("the body did not arrive within {:?}", intake.body_timeout),
             ));
         }
         Ok(Ok(collected)) => collected.to_bytes(),

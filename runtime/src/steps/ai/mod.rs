@@ -18,7 +18,6 @@
 //! rendered. The API key is sent as a sensitive header and appears in no message, log or
 //! `Debug` output.
 
-mod cache;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -40,10 +39,8 @@ use inputbot_api::{
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use self::{
-    cache::{Cache, MAX_CACHE_BYTES},
-    wire::{Completion, Settings},
-};
+use self::wire::{Completion, Settings};
+use super::cache::{self, Cache, MAX_CACHE_BYTES};
 use crate::{
     delivery::{AttemptError, retry_delay},
     eval,
@@ -311,7 +308,10 @@ impl Ai {
             system.as_deref(),
             &user,
         );
-        let key = self.cache.as_ref().map(|_| cache::key(&request));
+        let key = self
+            .cache
+            .as_ref()
+            .map(|_| cache::key(&request.to_string()));
         let cached = match (&self.cache, &key) {
             (Some(cache), Some(key)) => {
                 let found = cache.get(key);

@@ -1,6 +1,9 @@
-//! The answer cache of an `ai` step: answers by the SHA-256 of the request body (model,
-//! messages, schema and sampling settings), reused for a TTL, bounded in entries and in bytes.
-//! When full, the oldest answers go first.
+//! The answer cache of the steps that ask the network — `ai` (keyed on the request body: model,
+//! messages, schema and sampling settings) and `enrich` (keyed on the URL and body): answers by
+//! the SHA-256 of their request, reused for a TTL, bounded in entries and in bytes. An entry
+//! is charged its key (a request as large as a body costs 32 bytes) and its answer as JSON
+//! text; when full, the oldest answers go first, and an answer larger than the whole bound is
+//! never stored.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,15 +14,18 @@ use std::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Most bytes of answers (as JSON text) one step's cache holds.
+/// Most bytes (keys and answers as JSON text) one step's cache holds.
 pub const MAX_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
-/// The key of a request: the SHA-256 of its JSON body.
+/// The key of a request: the SHA-256 of its text.
 pub(super) type Key = [u8; 32];
 
-/// The key of a request body.
-pub(super) fn key(request: &Value) -> Key {
-    Sha256::digest(request.to_string().as_bytes()).into()
+/// What an entry costs besides its answer: the key, held in the map and in the order.
+const KEY_BYTES: usize = 2 * std::mem::size_of::<Key>();
+
+/// The key of a request, from its text (a JSON body, or a URL and a body).
+pub(super) fn key(request: &str) -> Key {
+    Sha256::digest(request.as_bytes()).into()
 }
 
 struct Entry {
@@ -74,7 +80,7 @@ impl Cache {
     /// Stores an answer, dropping the oldest ones while over a bound. An answer larger than
     /// the byte bound is not stored.
     pub(super) fn put(&self, key: Key, value: Value) {
-        let bytes = value.to_string().len();
+        let bytes = KEY_BYTES + value.to_string().len();
         if bytes > self.max_bytes {
             return;
         }
@@ -130,10 +136,14 @@ mod tests {
 
     use super::*;
 
+    fn k(v: Value) -> Key {
+        key(&v.to_string())
+    }
+
     #[test]
     fn the_cache_drops_the_oldest_answer_when_full() {
         let cache = Cache::new(Duration::from_secs(60), 2, MAX_CACHE_BYTES);
-        let (a, b, c) = (key(&json!(1)), key(&json!(2)), key(&json!(3)));
+        let (a, b, c) = (k(json!(1)), k(json!(2)), k(json!(3)));
         cache.put(a, json!("a"));
         cache.put(b, json!("b"));
         cache.put(c, json!("c"));
@@ -145,25 +155,33 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_in_bytes_and_forgets_after_the_ttl() {
-        let cache = Cache::new(Duration::from_secs(60), 100, 20);
-        cache.put(key(&json!(1)), json!("0123456789"));
-        cache.put(key(&json!(2)), json!("0123456789"));
-        assert_eq!(cache.size(), (1, 12));
-        cache.put(key(&json!(3)), json!("x".repeat(100)));
-        assert_eq!(cache.size(), (1, 12));
-        let cache = Cache::new(Duration::ZERO, 10, 100);
-        cache.put(key(&json!(1)), json!(1));
-        assert_eq!(cache.get(&key(&json!(1))), None);
+        // An entry of a 10-character string costs its key and 12 bytes of JSON text.
+        let entry = KEY_BYTES + 12;
+        let cache = Cache::new(Duration::from_secs(60), 100, entry + 20);
+        cache.put(k(json!(1)), json!("0123456789"));
+        cache.put(k(json!(2)), json!("0123456789"));
+        assert_eq!(cache.size(), (1, entry));
+        assert_eq!(cache.get(&k(json!(1))), None, "the oldest went");
+        cache.put(k(json!(3)), json!("x".repeat(100)));
+        assert_eq!(
+            cache.size(),
+            (1, entry),
+            "an answer over the bound is not stored"
+        );
+        assert_eq!(cache.get(&k(json!(3))), None);
+        let cache = Cache::new(Duration::ZERO, 10, 1000);
+        cache.put(k(json!(1)), json!(1));
+        assert_eq!(cache.get(&k(json!(1))), None);
     }
 
     #[test]
     fn replacing_a_key_keeps_the_order_queue_bounded() {
         let cache = Cache::new(Duration::from_secs(60), 3, MAX_CACHE_BYTES);
         for i in 0..100 {
-            cache.put(key(&json!("same")), json!(i));
+            cache.put(k(json!("same")), json!(i));
         }
         assert_eq!(cache.size().0, 1);
         assert!(cache.lock().order.len() <= 6);
-        assert_eq!(cache.get(&key(&json!("same"))), Some(json!(99)));
+        assert_eq!(cache.get(&k(json!("same"))), Some(json!(99)));
     }
 }
