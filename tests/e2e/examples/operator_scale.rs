@@ -7,7 +7,9 @@
 //!   operator must create children (the API server's own write throughput here);
 //! - the time from the first apply until every child exists, and its ratio to the baseline;
 //! - the operator's idle RSS (started, nothing to do), peak RSS, and RSS once settled;
-//! - the API writes the operator makes during a steady-state window (nothing changes).
+//! - the API writes the operator makes during a steady-state window (nothing changes);
+//! - where the machine's CPU went meanwhile: seconds used by the operator and by each process
+//!   of the harness (API server, etcd, controller-manager, scheduler, kwok, Kafka).
 //!
 //! ```text
 //! scripts/harness.sh start && eval "$(scripts/harness.sh env)"
@@ -38,6 +40,59 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// The processes whose CPU the benchmark accounts for: the operator, and the harness's
+/// components as its `pids/` directory names them.
+fn accounted(operator: u32) -> Vec<(String, u32)> {
+    let mut processes = vec![("operator".to_string(), operator)];
+    if let Some(dir) = std::env::var_os("INPUTBOT_HARNESS_DIR")
+        && let Ok(entries) = std::fs::read_dir(std::path::Path::new(&dir).join("pids"))
+    {
+        let mut harness: Vec<(String, u32)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().strip_suffix(".pid")?.to_owned();
+                let pid = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+                Some((name, pid))
+            })
+            .collect();
+        harness.sort();
+        processes.extend(harness);
+    }
+    processes
+}
+
+fn cpu_snapshot(processes: &[(String, u32)]) -> Vec<f64> {
+    processes
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid).unwrap_or(0.0))
+        .collect()
+}
+
+/// One line: CPU seconds each process used between two snapshots, against the cores × wall time.
+fn cpu_line(processes: &[(String, u32)], from: &[f64], to: &[f64], wall: Duration) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let used: Vec<String> = processes
+        .iter()
+        .zip(from.iter().zip(to))
+        .map(|((name, _), (a, b))| format!("{name} {:.1}", b - a))
+        .collect();
+    let total: f64 = from.iter().zip(to).map(|(a, b)| b - a).sum();
+    format!(
+        "CPU seconds: {}; {total:.1} of the {:.1} the {cores} cores had",
+        used.join(", "),
+        wall.as_secs_f64() * cores as f64
+    )
 }
 
 fn bot_docs(i: usize) -> [serde_json::Value; 3] {
@@ -186,6 +241,8 @@ async fn main() {
             }
         })
     };
+    let processes = accounted(pid);
+    let cpu_at_start = cpu_snapshot(&processes);
     let started = Instant::now();
     futures::stream::iter(0..bots)
         .map(|i| {
@@ -235,6 +292,15 @@ async fn main() {
         all_children.as_secs_f64() / baseline.as_secs_f64(),
         all_children.saturating_sub(applied).as_secs_f64()
     );
+    println!(
+        "  until then, {}",
+        cpu_line(
+            &processes,
+            &cpu_at_start,
+            &cpu_snapshot(&processes),
+            all_children
+        )
+    );
     let so_far = op
         .metric("inputbot_operator_reconciles_total")
         .await
@@ -263,6 +329,7 @@ async fn main() {
         writes = now;
     }
     let settled = started.elapsed();
+    let cpu_at_settled = cpu_snapshot(&processes);
     let reconciles = op
         .metric("inputbot_operator_reconciles_total")
         .await
@@ -272,6 +339,10 @@ async fn main() {
          {reconciles} reconciles ({:.2} per resource) in all",
         settled.as_secs_f64(),
         reconciles / (bots * 3) as f64
+    );
+    println!(
+        "  until then, {}",
+        cpu_line(&processes, &cpu_at_start, &cpu_at_settled, settled)
     );
     tokio::time::sleep(Duration::from_secs(steady)).await;
     let steady_writes = op
@@ -285,6 +356,15 @@ async fn main() {
         .unwrap_or(0.0)
         - reconciles;
     sampler.abort();
+    println!(
+        "  in the steady state, {}",
+        cpu_line(
+            &processes,
+            &cpu_at_settled,
+            &cpu_snapshot(&processes),
+            Duration::from_secs(steady)
+        )
+    );
     println!(
         "steady state: {steady_writes} API writes and {steady_reconciles} reconciles in {steady} s; RSS {:.1} MiB; peak RSS {:.1} MiB",
         rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
