@@ -24,6 +24,7 @@
 pub mod auth;
 mod cloudevents;
 mod idempotency;
+mod rejections;
 mod request;
 
 use std::{
@@ -107,6 +108,8 @@ struct Route {
     schema: Option<jsonschema::Validator>,
     idempotency: Option<(CelExpr, Idempotency)>,
     event_type: String,
+    /// Refusals logged at a bounded rate.
+    rejections: rejections::RejectionLog,
 }
 
 /// Shared state of the HTTP server.
@@ -243,6 +246,7 @@ fn build_route(
             .event_type
             .clone()
             .unwrap_or_else(|| "dev.inputbot.webhook".to_owned()),
+        rejections: rejections::RejectionLog::default(),
     })
 }
 
@@ -304,11 +308,20 @@ async fn webhook(
                     reason: refusal.reason.to_owned(),
                 })
                 .inc();
-            tracing::info!(
-                target: "inputbot::intake",
-                bot = %route.bot, source = %route.source, status = refusal.status.as_u16(),
-                reason = refusal.reason, "rejected: {}", refusal.message
-            );
+            match route.rejections.admit(refusal.reason, Instant::now()) {
+                Some(left_out) => tracing::info!(
+                    target: "inputbot::intake",
+                    bot = %route.bot, source = %route.source, status = refusal.status.as_u16(),
+                    reason = refusal.reason, left_out,
+                    "rejected: {} ({left_out} more with this reason left out of the log since the last line)",
+                    refusal.message
+                ),
+                None => tracing::debug!(
+                    target: "inputbot::intake",
+                    bot = %route.bot, source = %route.source, status = refusal.status.as_u16(),
+                    reason = refusal.reason, "rejected: {}", refusal.message
+                ),
+            }
             refusal.into_response()
         }
     }
