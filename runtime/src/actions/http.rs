@@ -73,7 +73,9 @@ impl HttpImpl {
         secrets: &Secrets,
         client: reqwest::Client,
     ) -> Result<Self, BuildError> {
-        if !(spec.url.starts_with("http://") || spec.url.starts_with("https://")) {
+        // Schemes are case-insensitive (RFC 3986 §3.1), as validation takes them.
+        let scheme = spec.url.get(..8).unwrap_or(&spec.url).to_ascii_lowercase();
+        if !(scheme.starts_with("http://") || scheme.starts_with("https://")) {
             return Err(BuildError::invalid(
                 "http.url",
                 "must start with http:// or https://",

@@ -61,8 +61,16 @@ fn accounted(operator: u32) -> Vec<(String, u32)> {
         let mut harness: Vec<(String, u32)> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().strip_suffix(".pid")?.to_owned();
-                let pid = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+                let name = e
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".pid")?
+                    .to_owned();
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
                 Some((name, pid))
             })
             .collect();

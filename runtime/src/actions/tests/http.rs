@@ -312,3 +312,17 @@ async fn a_runaway_body_program_fails_its_event_without_stopping_the_worker() {
     assert!(ticked >= 1, "the worker was blocked for {took:?}");
     assert!(server.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_url_scheme_in_capitals_is_taken_as_validation_takes_it() {
+    let server = server(Reply::ok()).await;
+    let url = server.url("/tickets").replacen("http://", "HTTP://", 1);
+    let http = build_ok(
+        json!({"http": {"url": url}}),
+        &Secrets::Mounted {
+            dir: "/nonexistent".into(),
+        },
+    );
+    http.attempt(&event(), 1).await.unwrap();
+    assert_eq!(server.seen().len(), 1);
+}
