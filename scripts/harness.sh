@@ -7,6 +7,8 @@
 #   scripts/harness.sh status   which components run and answer; non-zero if one does not
 #   scripts/harness.sh env      print `export KUBECONFIG=… KAFKA_BOOTSTRAP=…` for the tests
 #   scripts/harness.sh logs     print the tail of every component's log
+#   scripts/harness.sh kafka-stop   stop only the broker (SIGTERM; its data is kept)
+#   scripts/harness.sh kafka-start  start the stopped broker again on its data and ports
 #
 # Environment:
 #   INPUTBOT_HARNESS_DIR   state directory (certs, data, logs, pids); default /tmp/inputbot-harness
@@ -241,14 +243,28 @@ logger.kafka.level = INFO
 logger.state.name = state.change.logger
 logger.state.level = WARN
 EOF
-  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$d/log4j2.properties" -Dkafka.logs.dir="$d/logs")
+  local java_opts
+  kafka_java_opts
   id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"
   mkdir -p "$STATE/logs"
   java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.tools.StorageTool format \
     -t "$id" -c "$d/server.properties" >"$STATE/logs/kafka-format.log" 2>&1 \
     || die "kafka: storage format failed (see $STATE/logs/kafka-format.log)"
-  launch kafka java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.Kafka "$d/server.properties"
+  launch_kafka
+}
+
+# Sets the caller's `java_opts` for the broker's JVM.
+kafka_java_opts() {
+  local d="$STATE/kafka"
+  java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$d/log4j2.properties" -Dkafka.logs.dir="$d/logs")
+}
+
+# Starts the broker on the formatted storage and the configuration in $STATE/kafka.
+launch_kafka() {
+  local java_opts
+  kafka_java_opts
+  launch kafka java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.Kafka "$STATE/kafka/server.properties"
 }
 
 kafka_ready() {
@@ -499,6 +515,28 @@ cmd_status() {
   return "$bad"
 }
 
+# The broker alone, for fault tests: stopped (SIGTERM, KILL after 10 s) keeping its data, and
+# started again on the same data and ports.
+cmd_kafka_stop() {
+  [[ -f "$STATE/harness.env" ]] || die "no harness running in $STATE"
+  alive kafka || die "kafka: not running"
+  stop_all kafka
+  local i
+  for ((i = 0; i < 50; i++)); do port_busy "$KAFKA_PORT" || break; sleep 0.1; done
+  port_busy "$KAFKA_PORT" && die "kafka: port $KAFKA_PORT still open after stop"
+  return 0
+}
+
+cmd_kafka_start() {
+  [[ -f "$STATE/harness.env" ]] || die "no harness running in $STATE"
+  alive kafka && { log "kafka: already running"; return 0; }
+  [[ -f "$STATE/kafka/server.properties" ]] || die "kafka: no broker data in $STATE/kafka"
+  # shellcheck disable=SC1090
+  source <("$SCRIPTS/tools.sh" paths)
+  launch_kafka
+  wait_until kafka "broker started" "$TIMEOUT" kafka_ready
+}
+
 cmd_env() {
   [[ -f "$STATE/harness.env" ]] || die "no harness running in $STATE: run '$0 start' (or set INPUTBOT_HARNESS_DIR)"
   cat "$STATE/harness.env"
@@ -510,5 +548,7 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   logs) tail_logs ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  kafka-stop) cmd_kafka_stop ;;
+  kafka-start) cmd_kafka_start ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -40,6 +40,7 @@ pub mod pod;
 pub mod receiver;
 pub mod runtime;
 pub mod smtp;
+pub mod stream;
 
 /// The field manager of every server-side apply made by the tests.
 pub const FIELD_MANAGER: &str = "inputbot-e2e";

@@ -307,6 +307,18 @@ impl Drop for RoleProcess {
     }
 }
 
+/// Serves `app` on a free loopback port until the test's runtime ends; returns the address.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
 /// One request the target received.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -344,13 +356,7 @@ impl Target {
         let app = Router::new()
             .route("/{*path}", post(record))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = serve(app).await;
         Target { addr, state }
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -15,99 +15,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
-use inputbot_e2e::runtime::{
-    RoleProcess, Target, all_topics, create_topics, read_topic, write_configs, write_secret,
-};
-use inputbot_e2e::{kafka_bootstrap, unique_suffix};
+use inputbot_e2e::runtime::{RoleProcess, Target, read_topic, serve};
+use inputbot_e2e::stream::{Setup, counter, signature, wait_until_async as wait_until};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const SECRET: &str = "e2e-replicas-signing-key";
 const READY: Duration = Duration::from_secs(30);
 
 /// The tests here start several processes each: one at a time on a 2-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A test's components: configs, Secrets and every topic, in a temporary directory.
-struct Setup {
-    dir: std::path::PathBuf,
-    secrets: std::path::PathBuf,
-    bootstrap: String,
-    resolved: inputbot_api::config::Resolved,
-}
-
-impl Setup {
-    async fn new(yaml: &str) -> Setup {
-        let bootstrap = kafka_bootstrap();
-        let ns = format!("e2e-{}", unique_suffix());
-        let dir = std::env::temp_dir().join(format!("inputbot-e2e-{ns}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let secrets = dir.join("secrets");
-        write_secret(&secrets, "creds", "hmac", SECRET);
-        let resolved = write_configs(&dir, yaml, &ns);
-        let topics = all_topics(&resolved, 3);
-        let topics: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-        create_topics(&bootstrap, &topics).await;
-        Setup {
-            dir,
-            secrets,
-            bootstrap,
-            resolved,
-        }
-    }
-
-    fn start(&self, role: &str, name: &str) -> RoleProcess {
-        self.start_with(role, name, &[])
-    }
-
-    fn start_with(&self, role: &str, name: &str, env: &[(&str, &str)]) -> RoleProcess {
-        RoleProcess::start_with(
-            role,
-            &self.dir.join(format!("{role}-{name}.json")),
-            &self.secrets,
-            &self.bootstrap,
-            env,
-        )
-    }
-
-    fn raw(&self) -> usize {
-        read_topic(&self.bootstrap, &self.resolved.ingest[0].topic).len()
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A counter of `/metrics`, summed over its label sets that contain `labels`.
-async fn counter(client: &reqwest::Client, url: &str, name: &str, labels: &str) -> f64 {
-    let text = client
-        .get(url)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 const BOT: &str = r#"
 apiVersion: inputbot.dev/v1alpha1
@@ -177,7 +93,7 @@ async fn send_everything_to_every_replica(client: &reqwest::Client, replicas: &[
                 let r = client
                     .post(format!("{replica}{path}"))
                     .header("content-type", "application/json")
-                    .header("x-hub-signature-256", signature(&body))
+                    .header("x-hub-signature-256", signature(SECRET, &body))
                     .header("x-github-delivery", delivery)
                     .header("x-request-id", format!("req-{n}"))
                     .body(body)
@@ -223,10 +139,11 @@ spec:
 "#,
         direct.url("/direct")
     );
-    let setup = Setup::new(&format!(
-        "{BOT}{}{direct_binding}",
-        binding(&target.url("/crm"))
-    ))
+    let setup = Setup::new(
+        &format!("{BOT}{}{direct_binding}", binding(&target.url("/crm"))),
+        SECRET,
+        3,
+    )
     .await;
     let group = setup.resolved.process[0].consumer_group.clone();
     let mut act = setup.start("act", "crm");
@@ -351,7 +268,7 @@ spec:
         let status = r.terminate(Duration::from_secs(20)).await;
         assert!(status.success(), "inputbot {}: {}", r.role, r.log_text());
     }
-    let _ = std::fs::remove_dir_all(&setup.dir);
+    setup.remove();
 }
 
 /// A feed with validators: `ETag` per content, `304` for a matching `If-None-Match`.
@@ -396,13 +313,7 @@ async fn a_poller_restarted_on_an_empty_disk_resumes_from_the_state_topic_and_em
     let app = Router::new()
         .route("/feed", get(feed))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve(app).await;
     let yaml = format!(
         r#"
 apiVersion: inputbot.dev/v1alpha1
@@ -414,7 +325,7 @@ spec:
       poll: {{url: "http://{addr}/feed", interval: 1s, itemsPath: /items, idField: /id}}
 "#
     );
-    let setup = Setup::new(&yaml).await;
+    let setup = Setup::new(&yaml, SECRET, 3).await;
     assert!(setup.resolved.ingest[0].state_topic.is_some());
     let disk = |n: u32| {
         setup
@@ -461,7 +372,7 @@ spec:
         setup.raw() >= 3
     })
     .await;
-    let raw = read_topic(&setup.bootstrap, &setup.resolved.ingest[0].topic);
+    let raw = read_topic(&setup.bootstrap, setup.raw_topic());
     let subjects: BTreeMap<String, usize> = raw.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.headers["ce_subject"].clone()).or_default() += 1;
         m
@@ -472,5 +383,5 @@ spec:
     );
     let status = poller.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{}", poller.log_text());
-    let _ = std::fs::remove_dir_all(&setup.dir);
+    setup.remove();
 }

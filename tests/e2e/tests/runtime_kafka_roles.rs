@@ -10,15 +10,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
 use inputbot_e2e::runtime::{
-    RoleProcess, Target, all_topics, create_topics, free_port, inputbot_binary, read_topic,
-    write_configs, write_secret,
+    RoleProcess, Target, free_port, inputbot_binary, read_topic, write_configs, write_secret,
 };
-use inputbot_e2e::{kafka_bootstrap, unique_suffix};
+use inputbot_e2e::stream::{Setup, signature, wait_until};
+use inputbot_e2e::unique_suffix;
 use inputbot_runtime::dlq::DeadLetter;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const SECRET: &str = "e2e-webhook-signing-key";
 const READY: Duration = Duration::from_secs(30);
@@ -71,18 +69,12 @@ spec:
 
 const FAST_RETRY: &str = "    retry: {maxAttempts: 2, initialDelay: 1ms, maxDelay: 5ms, jitter: false}\n    circuitBreaker: {minRequests: 100000}";
 
-fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
     let bytes = serde_json::to_vec(body).expect("json");
     client
         .post(url)
         .header("content-type", "application/json")
-        .header("x-hub-signature-256", signature(&bytes))
+        .header("x-hub-signature-256", signature(SECRET, &bytes))
         .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
         .body(bytes)
         .send()
@@ -90,66 +82,22 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Res
         .expect("ingest answers")
 }
 
-/// A test namespace's components: configs, Secrets and topics in a temporary directory.
-struct Setup {
-    dir: std::path::PathBuf,
-    secrets: std::path::PathBuf,
-    bootstrap: String,
-    topics: BTreeMap<&'static str, String>,
-}
-
-impl Setup {
-    async fn new(yaml: &str) -> Setup {
-        let bootstrap = kafka_bootstrap();
-        let ns = format!("e2e-{}", unique_suffix());
-        let dir = std::env::temp_dir().join(format!("inputbot-e2e-{ns}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let secrets = dir.join("secrets");
-        write_secret(&secrets, "creds", "hmac", SECRET);
-        let resolved = write_configs(&dir, yaml, &ns);
-        let mut topics = BTreeMap::new();
-        topics.insert("raw", resolved.ingest[0].topic.clone());
-        topics.insert("out", resolved.process[0].output_topic.clone());
-        topics.insert("flow-dlq", resolved.process[0].dead_letter_topic.clone());
-        for act in &resolved.act {
-            let key: &'static str = if act.binding.name == "broken" {
-                "broken-dlq"
-            } else {
-                "crm-dlq"
-            };
-            topics.insert(key, act.dead_letter_topic.clone().expect("dead letters on"));
-        }
-        // Every topic the roles use (the dedupe window too), as the operator creates them.
-        let all = all_topics(&resolved, 3);
-        let all: Vec<(&str, i32)> = all.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-        create_topics(&bootstrap, &all).await;
-        Setup {
-            dir,
-            secrets,
-            bootstrap,
-            topics,
-        }
+/// The topics the tests here look at, by a short name.
+fn topics(setup: &Setup) -> BTreeMap<&'static str, String> {
+    let resolved = &setup.resolved;
+    let mut topics = BTreeMap::new();
+    topics.insert("raw", resolved.ingest[0].topic.clone());
+    topics.insert("out", resolved.process[0].output_topic.clone());
+    topics.insert("flow-dlq", resolved.process[0].dead_letter_topic.clone());
+    for act in &resolved.act {
+        let key: &'static str = if act.binding.name == "broken" {
+            "broken-dlq"
+        } else {
+            "crm-dlq"
+        };
+        topics.insert(key, act.dead_letter_topic.clone().expect("dead letters on"));
     }
-
-    fn start(&self, role: &str, name: &str) -> RoleProcess {
-        RoleProcess::start(
-            role,
-            &self.dir.join(format!("{role}-{name}.json")),
-            &self.secrets,
-            &self.bootstrap,
-        )
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    topics
 }
 
 fn n_of(body: &str) -> i64 {
@@ -170,7 +118,8 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
             ("broken", failing.url("/down")),
         ],
     );
-    let setup = Setup::new(&yaml).await;
+    let setup = Setup::new(&yaml, SECRET, 3).await;
+    let topics = topics(&setup);
     let mut roles = vec![
         setup.start("act", "crm"),
         setup.start("act", "broken"),
@@ -205,7 +154,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
     );
 
     // The trace context travels webhook → raw → out → action.
-    let raw = read_topic(&setup.bootstrap, &setup.topics["raw"]);
+    let raw = read_topic(&setup.bootstrap, &topics["raw"]);
     assert_eq!(raw.len(), 20, "every accepted webhook is on the raw topic");
     for r in &raw {
         // No idempotency key on this source: records are keyed by the event source.
@@ -234,7 +183,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
     }
 
     // The failing binding dead-letters every event to its own topic, with the reason.
-    let dlq_topic = setup.topics["broken-dlq"].clone();
+    let dlq_topic = topics["broken-dlq"].clone();
     let bootstrap = setup.bootstrap.clone();
     let start = Instant::now();
     let dead = loop {
@@ -260,7 +209,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
         let record: DeadLetter = serde_json::from_slice(&d.value).expect("a dead-letter record");
         assert_eq!(record.error.status, Some(500));
         assert!(record.first_failure <= record.last_failure);
-        assert_eq!(record.input_topic, setup.topics["out"]);
+        assert_eq!(record.input_topic, topics["out"]);
         assert_eq!(
             record.trace_id.as_deref(),
             d.headers.get("inputbot_dlq_trace_id").map(String::as_str)
@@ -273,7 +222,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
         "two attempts each"
     );
     assert!(
-        read_topic(&setup.bootstrap, &setup.topics["crm-dlq"]).is_empty(),
+        read_topic(&setup.bootstrap, &topics["crm-dlq"]).is_empty(),
         "nothing failed at the healthy target"
     );
 
@@ -364,7 +313,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
     assert!(
         process_metrics.contains(&format!(
             "inputbot_kafka_produce_duration_seconds_count{{topic=\"{}\"}}",
-            setup.topics["out"]
+            topics["out"]
         )),
         "{process_metrics}"
     );
@@ -397,7 +346,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
         let log = r.log_text();
         assert!(log.contains("stopped"), "{log}");
     }
-    let _ = std::fs::remove_dir_all(&setup.dir);
+    setup.remove();
 }
 
 /// How a role is stopped mid-stream.
@@ -415,7 +364,8 @@ async fn restart_mid_stream(role: &str, stop: Stop) {
     let _serial = SERIAL.lock().await;
     const EVENTS: i64 = 1500;
     let ok = Target::start(200).await;
-    let setup = Setup::new(&bot(FAST_RETRY, &[("crm", ok.url("/tickets"))])).await;
+    let setup = Setup::new(&bot(FAST_RETRY, &[("crm", ok.url("/tickets"))]), SECRET, 3).await;
+    let topics = topics(&setup);
     let mut act = setup.start("act", "crm");
     let mut process = setup.start("process", "flow");
     let mut ingest = setup.start("ingest", "intake");
@@ -502,8 +452,8 @@ async fn restart_mid_stream(role: &str, stop: Stop) {
     .await;
     let received = ok.received();
     let delivered: BTreeSet<i64> = received.iter().map(|r| n_of(&r.body)).collect();
-    let dead_lettered = read_topic(&setup.bootstrap, &setup.topics["flow-dlq"]).len()
-        + read_topic(&setup.bootstrap, &setup.topics["crm-dlq"]).len();
+    let dead_lettered = read_topic(&setup.bootstrap, &topics["flow-dlq"]).len()
+        + read_topic(&setup.bootstrap, &topics["crm-dlq"]).len();
     let duplicates = received.len() - delivered.len();
     let distinct_ids: BTreeSet<&str> = received.iter().map(|r| r.event_id.as_str()).collect();
     eprintln!(
@@ -555,7 +505,7 @@ async fn restart_mid_stream(role: &str, stop: Stop) {
             r.log_text()
         );
     }
-    let _ = std::fs::remove_dir_all(&setup.dir);
+    setup.remove();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

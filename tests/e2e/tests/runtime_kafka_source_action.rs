@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use inputbot_e2e::runtime::{
     RoleProcess, all_topics, create_topics, read_topic, write_configs, write_secret,
 };
+use inputbot_e2e::stream::wait_until;
 use inputbot_e2e::{kafka_bootstrap, unique_suffix};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -19,17 +20,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(30);
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The offsets group `group` committed on `topic`, summed over its partitions.
 fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
