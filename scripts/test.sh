@@ -9,7 +9,8 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR          default ~/.cache/inputbot/target (shared by runs and CI)
-#   INPUTBOT_E2E_TIMEOUT      seconds the e2e tests may take in all (default 1200)
+#   INPUTBOT_E2E_TIMEOUT      seconds the e2e tests may take in all (default 3000: the Kafka
+#                             fault tests stream 100,000 events each)
 #   INPUTBOT_E2E_EXTERNAL=1   use the cluster in KUBECONFIG and the broker in KAFKA_BOOTSTRAP
 #                             instead of starting the local harness (kind, k3d, a real cluster)
 #   INPUTBOT_HARNESS_DIR, INPUTBOT_PORT_BASE
@@ -101,4 +102,4 @@ phase "e2e test build" cargo test -p inputbot-e2e --no-run
 phase "image checks (--test images)" cargo test -p inputbot-e2e --test images
 # A hung test (a client stuck in a destructor, a watch that never ends) must not hang CI.
 phase "e2e tier (cargo test -p inputbot-e2e)" \
-  timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-1200}" cargo test -p inputbot-e2e --no-fail-fast -- "$@"
+  timeout --kill-after=30 "${INPUTBOT_E2E_TIMEOUT:-3000}" cargo test -p inputbot-e2e --no-fail-fast -- "$@"
