@@ -66,8 +66,16 @@ launch() {
   local name="$1"; shift
   mkdir -p "$STATE/pids" "$STATE/logs"
   setsid "$@" </dev/null >"$STATE/logs/$name.log" 2>&1 &
-  echo $! >"$(pidfile "$name")"
-  log "$name: started (pid $!, log $STATE/logs/$name.log)"
+  local pid=$! i
+  echo "$pid" >"$(pidfile "$name")"
+  # Until the forked shell has exec'd the command, its cmdline is ours and `alive` would call
+  # it dead (and a failed start would then leave it running): wait for the exec, at most 5 s.
+  for ((i = 0; i < 100; i++)); do
+    [[ -e "/proc/$pid" ]] || break
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE" && break
+    sleep 0.05
+  done
+  log "$name: started (pid $pid, log $STATE/logs/$name.log)"
 }
 
 # stop_all NAME…: TERM every process group at once, wait up to 10s for all of them, then
