@@ -1,7 +1,8 @@
 //! A hostile sender against a running `inputbot run` (the real binary, real HTTP): inputs that
 //! would overflow a parser's stack or keep an expression busy forever. For each, the process
 //! stays up, `/healthz` answers within a second, the next request is answered, the offending
-//! event is dead-lettered with its reason, and SIGTERM still ends the process.
+//! event is dead-lettered with its reason (or refused with its 4xx), and SIGTERM still ends
+//! the process. The 2,000 slow connections are in `slow_clients.rs`.
 
 use std::{
     io::Read,
@@ -20,6 +21,8 @@ spec:
       webhook: {path: /numbers, auth: {none: {}}, maxBodyBytes: 1048576}
     - name: loops
       webhook: {path: /loops, auth: {none: {}}}
+    - name: edge
+      webhook: {path: /edge, auth: {none: {}}, maxBodyBytes: 2097152, idempotencyKey: 'data.key'}
 ---
 apiVersion: inputbot.dev/v1alpha1
 kind: Pipeline
@@ -244,4 +247,119 @@ async fn a_number_that_makes_range_count_forever_is_dead_lettered_and_the_proces
     stays_up(&mut running, &client, Duration::from_millis(300)).await;
     let (out, _) = terminate(running, Duration::from_secs(10));
     assert!(out.contains("counted 2"), "{out}");
+}
+
+/// Posts `body` with `headers`; returns the status and the JSON answer.
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, serde_json::Value) {
+    let mut request = client.post(url).timeout(Duration::from_secs(5)).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: no answer: {e}"));
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_nesting_huge_numbers_megabyte_keys_and_broken_cloudevents_get_their_4xx_while_health_holds()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = start(dir.path());
+    let client = reqwest::Client::new();
+    wait_until_listening(&client, &running.base).await;
+    let edge = format!("{}/edge", running.base);
+    let json = [("content-type", "application/json")];
+
+    // Nesting past intake's limit (128), as arrays and as objects.
+    for deep in [
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        format!("{}1{}", r#"{"a":"#.repeat(5_000), "}".repeat(5_000)),
+    ] {
+        let (status, answer) = send(&client, &edge, &json, deep).await;
+        assert_eq!(status, 400, "{answer}");
+        stays_up(&mut running, &client, Duration::from_millis(200)).await;
+    }
+    // A number no float holds, and one with a million digits.
+    for huge in [
+        r#"{"key": "k", "n": 1e400}"#.to_string(),
+        format!(r#"{{"key": "k", "n": 1{}}}"#, "0".repeat(1_000_000)),
+    ] {
+        let (status, answer) = send(&client, &edge, &json, huge).await;
+        assert_eq!(status, 400, "{answer}");
+        stays_up(&mut running, &client, Duration::from_millis(200)).await;
+    }
+    // A 1 MiB idempotency key: accepted once, its repeat answered as a duplicate.
+    let key = "k".repeat(1 << 20);
+    let body = serde_json::json!({ "key": key }).to_string();
+    let (status, first) = send(&client, &edge, &json, body.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = send(&client, &edge, &json, body).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    stays_up(&mut running, &client, Duration::from_millis(200)).await;
+    // A body over the source's limit, announced as a CloudEvent: refused from its
+    // Content-Length, before a byte of it is read (sent by hand, so the answer is read while
+    // the body is still unsent, as a sender that waits would read it).
+    let addr = running.base.trim_start_matches("http://").to_owned();
+    let status_line = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /edge HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             ce-specversion: 1.0\r\nce-id: big\r\nce-source: /hostile\r\nce-type: t\r\n\
+             content-length: {}\r\n\r\n",
+            3 << 20
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+    // Broken CloudEvents: binary mode without its id, structured mode that is not JSON, and one
+    // whose data is nested past the limit.
+    let (status, answer) = send(
+        &client,
+        &edge,
+        &[
+            ("content-type", "application/json"),
+            ("ce-specversion", "1.0"),
+            ("ce-source", "/hostile"),
+            ("ce-type", "t"),
+        ],
+        r#"{"key": "no-id"}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let structured = [("content-type", "application/cloudevents+json")];
+    let (status, answer) = send(&client, &edge, &structured, "{\"specversion\": ".into()).await;
+    assert_eq!(status, 400, "{answer}");
+    let nested = format!(
+        r#"{{"specversion": "1.0", "id": "deep", "source": "/hostile", "type": "t", "data": {}1{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let (status, answer) = send(&client, &edge, &structured, nested).await;
+    assert_eq!(status, 400, "{answer}");
+    stays_up(&mut running, &client, Duration::from_millis(300)).await;
+
+    // After all that, an ordinary event is still taken.
+    let (status, answer) = send(&client, &edge, &json, r#"{"key": "fine"}"#.into()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, err) = terminate(running, Duration::from_secs(10));
+    assert!(!err.contains("panicked"), "{err}");
 }
