@@ -63,6 +63,62 @@ struct Run {
     ids: Vec<(String, Instant)>,
 }
 
+impl Run {
+    fn new(requests: usize) -> Run {
+        Run {
+            elapsed: Duration::ZERO,
+            latencies: Vec::with_capacity(requests),
+            statuses: HashMap::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, (status, sent, latency, id): Answer) {
+        *self.statuses.entry(status).or_default() += 1;
+        self.latencies.push(latency);
+        if let Some(id) = id {
+            self.ids.push((id, sent));
+        }
+    }
+}
+
+/// One answer: its status, when the request was sent, how long the answer took, the event id.
+type Answer = (u16, Instant, Duration, Option<String>);
+
+/// Sends one signed request (owning what it sends, so it can run as a task of its own).
+async fn send(client: reqwest::Client, url: String, r: (Vec<u8>, String, String)) -> Answer {
+    let (body, signature, delivery) = r;
+    let sent = Instant::now();
+    let resp = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .header("x-github-delivery", delivery)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    (
+        status,
+        sent,
+        sent.elapsed(),
+        body["id"].as_str().map(str::to_owned),
+    )
+}
+
+impl Request {
+    fn parts(&self) -> (Vec<u8>, String, String) {
+        (
+            self.body.clone(),
+            self.signature.clone(),
+            self.delivery.clone(),
+        )
+    }
+}
+
+/// Closed loop: `concurrency` requests in flight, the next sent as soon as one is answered.
 async fn fire(url: &str, reqs: &[Request], concurrency: usize) -> Run {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -70,47 +126,17 @@ async fn fire(url: &str, reqs: &[Request], concurrency: usize) -> Run {
         .unwrap();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
-    let mut run = Run {
-        elapsed: Duration::ZERO,
-        latencies: Vec::with_capacity(reqs.len()),
-        statuses: HashMap::new(),
-        ids: Vec::new(),
-    };
+    let mut run = Run::new(reqs.len());
     let mut iter = reqs.iter();
     loop {
         while pending.len() < concurrency {
             let Some(r) = iter.next() else { break };
-            let c = client.clone();
-            let url = url.to_owned();
-            pending.push(async move {
-                let sent = Instant::now();
-                let resp = c
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-hub-signature-256", &r.signature)
-                    .header("x-github-delivery", &r.delivery)
-                    .body(r.body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                let status = resp.status().as_u16();
-                let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                (
-                    status,
-                    sent,
-                    sent.elapsed(),
-                    body["id"].as_str().map(str::to_owned),
-                )
-            });
+            pending.push(send(client.clone(), url.to_owned(), r.parts()));
         }
-        let Some((status, sent, latency, id)) = pending.next().await else {
+        let Some(answer) = pending.next().await else {
             break;
         };
-        *run.statuses.entry(status).or_default() += 1;
-        run.latencies.push(latency);
-        if let Some(id) = id {
-            run.ids.push((id, sent));
-        }
+        run.record(answer);
     }
     run.elapsed = start.elapsed();
     run
@@ -126,51 +152,16 @@ async fn fire_paced(url: &str, reqs: &[Request], rate: f64) -> Run {
         .unwrap();
     let start = Instant::now();
     let mut pending = tokio::task::JoinSet::new();
-    let mut run = Run {
-        elapsed: Duration::ZERO,
-        latencies: Vec::with_capacity(reqs.len()),
-        statuses: HashMap::new(),
-        ids: Vec::new(),
-    };
-    let record =
-        |run: &mut Run, (status, sent, latency, id): (u16, Instant, Duration, Option<String>)| {
-            *run.statuses.entry(status).or_default() += 1;
-            run.latencies.push(latency);
-            if let Some(id) = id {
-                run.ids.push((id, sent));
-            }
-        };
+    let mut run = Run::new(reqs.len());
     for (i, r) in reqs.iter().enumerate() {
         tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate)).into()).await;
         while pending.len() >= 1024 {
-            let done = pending.join_next().await.unwrap().unwrap();
-            record(&mut run, done);
+            run.record(pending.join_next().await.unwrap().unwrap());
         }
-        let (c, url) = (client.clone(), url.to_owned());
-        let (body, signature, delivery) = (r.body.clone(), r.signature.clone(), r.delivery.clone());
-        pending.spawn(async move {
-            let sent = Instant::now();
-            let resp = c
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("x-hub-signature-256", signature)
-                .header("x-github-delivery", delivery)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            (
-                status,
-                sent,
-                sent.elapsed(),
-                body["id"].as_str().map(str::to_owned),
-            )
-        });
+        pending.spawn(send(client.clone(), url.to_owned(), r.parts()));
     }
-    while let Some(done) = pending.join_next().await {
-        record(&mut run, done.unwrap());
+    while let Some(answer) = pending.join_next().await {
+        run.record(answer.unwrap());
     }
     run.elapsed = start.elapsed();
     run

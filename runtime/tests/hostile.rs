@@ -115,15 +115,9 @@ async fn wait_until_listening(client: &reqwest::Client, base: &str) {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> u16 {
-    client
-        .post(url)
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(5))
-        .body(body)
-        .send()
+    send(client, url, &[("content-type", "application/json")], body)
         .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or_else(|e| panic!("{url}: no answer: {e}"))
+        .0
 }
 
 /// Dead letters of a pipeline, once `want` of them are on disk (or after `within`).
