@@ -15,14 +15,12 @@ use kube::{
     Client, Resource,
     api::{DynamicObject, PartialObjectMeta},
     core::DeserializeGuard,
-    runtime::{
-        events::Recorder,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::reflector::{ObjectRef, Store},
 };
 
 use crate::{
     error::{Error, Result},
+    events::Recorder,
     metrics::Metrics,
     render::{Capabilities, ChildKind},
     settings::Settings,

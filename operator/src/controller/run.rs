@@ -26,7 +26,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Config,
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector,
         reflector::{ObjectRef, Store},
         watcher,
@@ -348,7 +348,7 @@ fn context(
 ) -> Arc<Context> {
     Arc::new(Context {
         client: shared.client.clone(),
-        recorder: Recorder::new(shared.client.clone(), shared.reporter.clone()),
+        recorder: crate::events::Recorder::new(shared.client.clone(), shared.reporter.clone()),
         metrics: shared.metrics.clone(),
         settings: shared.settings.clone(),
         topics: shared.topics.clone(),
