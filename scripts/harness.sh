@@ -3,6 +3,8 @@
 #
 #   scripts/harness.sh start    etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 #                               kwok (one fake Ready node) and a single-node KRaft Kafka broker
+#                               (listeners: PLAINTEXT, SASL_PLAINTEXT with PLAIN and SCRAM-SHA-256/512,
+#                               and SSL requiring client certificates from a throwaway CA)
 #   scripts/harness.sh stop     stop everything `start` started (also after a failed start)
 #   scripts/harness.sh status   which components run and answer; non-zero if one does not
 #   scripts/harness.sh env      print `export KUBECONFIG=… KAFKA_BOOTSTRAP=…` for the tests
@@ -12,7 +14,7 @@
 #
 # Environment:
 #   INPUTBOT_HARNESS_DIR   state directory (certs, data, logs, pids); default /tmp/inputbot-harness
-#   INPUTBOT_PORT_BASE     first of 8 consecutive loopback ports; default 24100
+#   INPUTBOT_PORT_BASE     first of 10 consecutive loopback ports; default 24100
 #   INPUTBOT_HARNESS_TIMEOUT  seconds to wait for each component; default 180
 #   INPUTBOT_HARNESS_KEEP_ON_FAILURE=1  leave processes running when start fails (to debug)
 # Two harnesses coexist when both variables differ. Binaries come from
@@ -32,7 +34,15 @@ SCHED_PORT=$((BASE + 4))
 KWOK_PORT=$((BASE + 5))
 KAFKA_PORT=$((BASE + 6))
 KAFKA_CTL_PORT=$((BASE + 7))
-ALL_PORTS=("$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$CM_PORT" "$SCHED_PORT" "$KWOK_PORT" "$KAFKA_PORT" "$KAFKA_CTL_PORT")
+KAFKA_SASL_PORT=$((BASE + 8))
+KAFKA_SSL_PORT=$((BASE + 9))
+KAFKA_PORTS=("$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_SSL_PORT")
+ALL_PORTS=("$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$CM_PORT" "$SCHED_PORT" "$KWOK_PORT"
+  "$KAFKA_PORT" "$KAFKA_CTL_PORT" "$KAFKA_SASL_PORT" "$KAFKA_SSL_PORT")
+# Throwaway SASL users of the broker, one per mechanism (passwords are random per start).
+KAFKA_PLAIN_USER=inputbot-plain
+KAFKA_SCRAM256_USER=inputbot-scram-256
+KAFKA_SCRAM512_USER=inputbot-scram-512
 
 # Start order; stop goes in reverse.
 COMPONENTS=(kafka etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
@@ -210,18 +220,70 @@ EOF
 
 # --------------------------------------------------------------- components --
 
+# The broker's TLS material and SASL passwords in $STATE/kafka/secure, made on `start` only
+# (`kafka-start` reuses them): a throwaway CA, the broker's certificate (SAN 127.0.0.1 and
+# localhost), a client certificate of that CA, and a "rogue" client certificate of another CA
+# (which the SSL listener must refuse). EC P-256 keys in PKCS#8: fast to make, and the form a
+# PEM keystore of the broker reads.
+make_kafka_secrets() {
+  local d="$STATE/kafka/secure"
+  mkdir -p "$d"
+  (
+    cd "$d"
+    umask 077
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    ca() {  # ca NAME CN
+      key "$1.key"
+      openssl req -x509 -new -key "$1.key" -out "$1.crt" -days 2 -subj "/CN=$2" 2>/dev/null
+    }
+    leaf() {  # leaf NAME CN CA EXTENSIONS
+      key "$1.key"
+      printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature" "$4" >"$1.ext"
+      openssl req -new -key "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA "$3.crt" -CAkey "$3.key" -CAcreateserial \
+        -out "$1.crt" -days 2 -extfile "$1.ext" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    ca ca inputbot-harness-kafka-ca
+    ca rogue-ca inputbot-harness-rogue-ca
+    leaf broker localhost ca $'extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost'
+    leaf client inputbot-e2e-client ca extendedKeyUsage=clientAuth
+    leaf rogue-client inputbot-e2e-rogue-client rogue-ca extendedKeyUsage=clientAuth
+    # The broker's PEM keystore: its key, then its chain.
+    cat broker.key broker.crt ca.crt >broker.pem
+    local who
+    for who in plain scram-256 scram-512; do openssl rand -hex 16 >"$who.password"; done
+  )
+}
+
 start_kafka() {
-  local d="$STATE/kafka" id
+  local d="$STATE/kafka" id s="$STATE/kafka/secure"
   mkdir -p "$d/data"
+  make_kafka_secrets
+  local plain_pw
+  plain_pw="$(<"$s/plain.password")"
+  # Listeners: PLAINTEXT (inter-broker and most tests), SASL_PLAINTEXT (PLAIN users from the
+  # JAAS line, SCRAM users from the metadata log, written by the storage format below) and
+  # SSL with required client certificates. No authorizer: authenticated means allowed.
   cat >"$d/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CTL_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTL_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_PLAIN_USER="$plain_pw";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.client.auth=required
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$s/broker.pem
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$s/ca.crt
 log.dirs=$d/data
 num.partitions=1
 default.replication.factor=1
@@ -256,7 +318,10 @@ EOF
   id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"
   mkdir -p "$STATE/logs"
   java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.tools.StorageTool format \
-    -t "$id" -c "$d/server.properties" >"$STATE/logs/kafka-format.log" 2>&1 \
+    -t "$id" -c "$d/server.properties" \
+    --add-scram "SCRAM-SHA-256=[name=$KAFKA_SCRAM256_USER,password=$(<"$s/scram-256.password")]" \
+    --add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM512_USER,password=$(<"$s/scram-512.password")]" \
+    >"$STATE/logs/kafka-format.log" 2>&1 \
     || die "kafka: storage format failed (see $STATE/logs/kafka-format.log)"
   launch_kafka
 }
@@ -276,7 +341,9 @@ launch_kafka() {
 }
 
 kafka_ready() {
-  port_busy "$KAFKA_PORT" && grep -q 'Kafka Server started' "$STATE/logs/kafka.log"
+  local p
+  for p in "${KAFKA_PORTS[@]}"; do port_busy "$p" || return 1; done
+  grep -q 'Kafka Server started' "$STATE/logs/kafka.log"
 }
 
 start_etcd() {
@@ -411,10 +478,27 @@ load_tools() {
   }
 }
 
+# The broker's extra listeners and their throwaway credentials are named KAFKA_* — never
+# INPUTBOT_KAFKA_*, which the runtime reads and the tests' child processes would inherit.
 write_env() {
+  local s="$STATE/kafka/secure"
+  (umask 077; : >"$STATE/harness.env")
   cat >"$STATE/harness.env" <<EOF
 export KUBECONFIG='$STATE/admin.kubeconfig'
 export KAFKA_BOOTSTRAP='127.0.0.1:$KAFKA_PORT'
+export KAFKA_SASL_BOOTSTRAP='127.0.0.1:$KAFKA_SASL_PORT'
+export KAFKA_SSL_BOOTSTRAP='127.0.0.1:$KAFKA_SSL_PORT'
+export KAFKA_PLAIN_USER='$KAFKA_PLAIN_USER'
+export KAFKA_PLAIN_PASSWORD='$(<"$s/plain.password")'
+export KAFKA_SCRAM_SHA_256_USER='$KAFKA_SCRAM256_USER'
+export KAFKA_SCRAM_SHA_256_PASSWORD='$(<"$s/scram-256.password")'
+export KAFKA_SCRAM_SHA_512_USER='$KAFKA_SCRAM512_USER'
+export KAFKA_SCRAM_SHA_512_PASSWORD='$(<"$s/scram-512.password")'
+export KAFKA_TLS_CA_FILE='$s/ca.crt'
+export KAFKA_TLS_CLIENT_CERT_FILE='$s/client.crt'
+export KAFKA_TLS_CLIENT_KEY_FILE='$s/client.key'
+export KAFKA_TLS_ROGUE_CERT_FILE='$s/rogue-client.crt'
+export KAFKA_TLS_ROGUE_KEY_FILE='$s/rogue-client.key'
 export INPUTBOT_HARNESS_DIR='$STATE'
 export INPUTBOT_PORT_BASE='$BASE'
 export INPUTBOT_K8S_VERSION='$INPUTBOT_K8S_VERSION'
@@ -474,14 +558,14 @@ cmd_start() {
   cmd_stop >/dev/null 2>&1 || true
   local p
   for p in "${ALL_PORTS[@]}"; do
-    port_busy "$p" && die "port $p is in use: pick other ports with INPUTBOT_PORT_BASE (now $BASE; 8 ports from it)"
+    port_busy "$p" && die "port $p is in use: pick other ports with INPUTBOT_PORT_BASE (now $BASE; 10 ports from it)"
   done
   trap on_start_failure EXIT
   # Fresh cluster and broker every start.
   rm -rf "$STATE/etcd" "$STATE/kafka" "$STATE/logs" "$STATE/pki" "$STATE/pids" \
     "$STATE/kube-apiserver" "$STATE/kube-controller-manager" "$STATE/kube-scheduler"
   mkdir -p "$STATE/logs" "$STATE/pids"
-  log "state in $STATE, ports $BASE-$((BASE + 7))"
+  log "state in $STATE, ports $BASE-$((BASE + 9))"
   make_pki
   start_kafka            # the JVM warms up while the control plane starts
   start_etcd
@@ -506,7 +590,7 @@ cmd_start() {
 need_cmd() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not on PATH"; }
 
 cmd_status() {
-  local bad=0 c state
+  local bad=0 c state p
   for c in "${COMPONENTS[@]}"; do
     if alive "$c"; then state="running (pid $(<"$(pidfile "$c")"))"; else state="not running"; bad=1; fi
     printf '%-24s %s\n' "$c" "$state"
@@ -517,7 +601,9 @@ cmd_status() {
     healthz "$CM_PORT" || { echo "kube-controller-manager: not healthy"; bad=1; }
     healthz "$SCHED_PORT" || { echo "kube-scheduler: not healthy"; bad=1; }
     node_ready || { echo "node $NODE_NAME: not Ready"; bad=1; }
-    port_busy "$KAFKA_PORT" || { echo "kafka: port $KAFKA_PORT closed"; bad=1; }
+    for p in "${KAFKA_PORTS[@]}"; do
+      port_busy "$p" || { echo "kafka: port $p closed"; bad=1; }
+    done
   fi
   [[ -f "$STATE/harness.env" ]] && cat "$STATE/harness.env"
   return "$bad"
@@ -529,16 +615,19 @@ cmd_kafka_stop() {
   [[ -f "$STATE/harness.env" ]] || die "no harness running in $STATE"
   alive kafka || die "kafka: not running"
   stop_all kafka
-  local i
-  for ((i = 0; i < 50; i++)); do port_busy "$KAFKA_PORT" || break; sleep 0.1; done
-  port_busy "$KAFKA_PORT" && die "kafka: port $KAFKA_PORT still open after stop"
+  local i p
+  for p in "${KAFKA_PORTS[@]}"; do
+    for ((i = 0; i < 50; i++)); do port_busy "$p" || break; sleep 0.1; done
+    port_busy "$p" && die "kafka: port $p still open after stop"
+  done
   return 0
 }
 
 cmd_kafka_start() {
   [[ -f "$STATE/harness.env" ]] || die "no harness running in $STATE"
   alive kafka && { log "kafka: already running"; return 0; }
-  [[ -f "$STATE/kafka/server.properties" ]] || die "kafka: no broker data in $STATE/kafka"
+  [[ -f "$STATE/kafka/server.properties" && -f "$STATE/kafka/secure/broker.pem" ]] \
+    || die "kafka: no broker data in $STATE/kafka"
   # shellcheck disable=SC1090
   source <("$SCRIPTS/tools.sh" paths)
   launch_kafka
@@ -558,5 +647,5 @@ case "${1:-}" in
   logs) tail_logs ;;
   kafka-stop) cmd_kafka_stop ;;
   kafka-start) cmd_kafka_start ;;
-  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
