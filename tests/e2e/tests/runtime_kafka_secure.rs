@@ -61,7 +61,10 @@ impl Access {
                 ("INPUTBOT_KAFKA_BOOTSTRAP", need("KAFKA_SASL_BOOTSTRAP")),
                 ("INPUTBOT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT".into()),
                 ("INPUTBOT_KAFKA_SASL_MECHANISM", mechanism.into()),
-                ("INPUTBOT_KAFKA_SASL_USERNAME", need(&format!("{prefix}_USER"))),
+                (
+                    "INPUTBOT_KAFKA_SASL_USERNAME",
+                    need(&format!("{prefix}_USER")),
+                ),
                 (
                     "INPUTBOT_KAFKA_SASL_PASSWORD",
                     need(&format!("{prefix}_PASSWORD")),
@@ -198,7 +201,11 @@ async fn round_trip(access: &Access) {
         .iter()
         .map(|r| r.headers["ce_id"].clone())
         .collect();
-    assert_eq!(on_broker, sent, "{}: the records are on the broker", access.name);
+    assert_eq!(
+        on_broker, sent,
+        "{}: the records are on the broker",
+        access.name
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +248,9 @@ async fn refused(access: &Access, expect: &[&str]) -> String {
     let why = bus.unhealthy_reason().unwrap_or_default();
     let lower = why.to_ascii_lowercase();
     assert!(
-        expect.iter().any(|x| lower.contains(&x.to_ascii_lowercase())),
+        expect
+            .iter()
+            .any(|x| lower.contains(&x.to_ascii_lowercase())),
         "{}: the reason names the cause (one of {expect:?}): {why}",
         access.name
     );
@@ -267,8 +276,20 @@ async fn a_wrong_password_is_refused_for_each_mechanism_and_never_shown() {
     secrets.push(wrong.clone());
     for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let access = Access::sasl(mechanism).with_password(&wrong);
-        let why = refused(&access, &["authentication"]).await;
-        assert!(why.contains(mechanism), "{mechanism}: {why}");
+        let why = refused(&access, &["the Kafka broker refused the SASL credentials"]).await;
+        assert!(
+            why.contains(&format!("for {mechanism}")),
+            "{mechanism}: {why}"
+        );
+        assert!(
+            why.contains(&format!(
+                "INPUTBOT_KAFKA_SASL_USERNAME={}",
+                access
+                    .get("INPUTBOT_KAFKA_SASL_USERNAME")
+                    .unwrap_or_default()
+            )),
+            "{mechanism}: {why}"
+        );
         assert_no_secret(mechanism, &why, &secrets);
         assert_no_secret(mechanism, &format!("{:?}", access.settings()), &secrets);
     }
@@ -277,13 +298,24 @@ async fn a_wrong_password_is_refused_for_each_mechanism_and_never_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_of_another_ca_is_refused() {
     let _serial = SERIAL.lock().await;
-    refused(&Access::tls(Some("ROGUE")), &["ssl", "tls", "certificate"]).await;
+    let access = Access::tls(Some("ROGUE"));
+    let why = refused(&access, &["the TLS handshake with the Kafka broker failed"]).await;
+    let cert = access
+        .get("INPUTBOT_KAFKA_TLS_CERT_FILE")
+        .unwrap_or_default();
+    assert!(why.contains(&cert), "names the certificate it sent: {why}");
+    assert!(why.contains("bad certificate"), "the broker's alert: {why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_certificate_is_refused() {
     let _serial = SERIAL.lock().await;
-    refused(&Access::tls(None), &["ssl", "tls", "certificate"]).await;
+    let why = refused(
+        &Access::tls(None),
+        &["the TLS handshake with the Kafka broker failed"],
+    )
+    .await;
+    assert!(why.contains("no client certificate"), "{why}");
 }
 
 fn bot() -> String {
@@ -406,7 +438,10 @@ async fn the_roles_as_processes_each_on_another_secured_listener_deliver_and_dea
         .expect("inputbot dlq runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dlq inspect over mutual TLS: {stderr}");
+    assert!(
+        out.status.success(),
+        "dlq inspect over mutual TLS: {stderr}"
+    );
     assert_eq!(
         stdout.lines().count(),
         expected.len(),
@@ -429,9 +464,7 @@ async fn ingest_refused(access: &Access, expect: &[&str], secrets: &[String]) {
     let setup = Setup::new(&bot(), SECRET, 1).await;
     let mut ingest = setup.start_with("ingest", "intake", &access.vars());
     // Serving, but not ready: the probe keeps the pod out of the Service.
-    ingest
-        .wait_status("/readyz", 503, READY)
-        .await;
+    ingest.wait_status("/readyz", 503, READY).await;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(6);
     while Instant::now() < deadline {
@@ -451,7 +484,9 @@ async fn ingest_refused(access: &Access, expect: &[&str], secrets: &[String]) {
     let log = ingest.log_text();
     let lower = log.to_ascii_lowercase();
     assert!(
-        expect.iter().any(|x| lower.contains(&x.to_ascii_lowercase())),
+        expect
+            .iter()
+            .any(|x| lower.contains(&x.to_ascii_lowercase())),
         "{}: the log names the cause (one of {expect:?}):\n{log}",
         access.name
     );
@@ -473,7 +508,7 @@ async fn ingest_with_a_wrong_password_stays_unready_answers_503_and_logs_why_but
     secrets.push(wrong.clone());
     ingest_refused(
         &Access::sasl("SCRAM-SHA-512").with_password(&wrong),
-        &["authentication failed"],
+        &["kafka bus not ready: the Kafka broker refused the SASL credentials"],
         &secrets,
     )
     .await;
@@ -484,7 +519,7 @@ async fn ingest_with_a_client_certificate_of_another_ca_stays_unready() {
     let _serial = SERIAL.lock().await;
     ingest_refused(
         &Access::tls(Some("ROGUE")),
-        &["ssl", "certificate"],
+        &["kafka bus not ready: the TLS handshake with the Kafka broker failed"],
         &all_passwords(),
     )
     .await;

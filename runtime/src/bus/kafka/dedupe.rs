@@ -357,7 +357,7 @@ mod tests {
     fn dedupe() -> Dedupe {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
-            .create_with_context(ProducerContext)
+            .create_with_context(ProducerContext::default())
             .expect("a producer needs no broker to be created");
         Dedupe::new("t.dedupe", "g", ClientConfig::new(), producer)
     }

@@ -19,13 +19,16 @@
 //!   healthy while a broker answers and every topic the process uses exists — topics are the
 //!   operator's to create; the runtime never creates one (`allow.auto.create.topics=false`) and
 //!   treats a missing one as not ready. While unhealthy, `publish` fails at once (intake answers
-//!   `503` + `Retry-After` without holding the sender for the delivery timeout).
+//!   `503` + `Retry-After` without holding the sender for the delivery timeout). A broker that
+//!   refuses the client (SASL credentials, TLS handshake: [`refusal`]) is reported as such, not
+//!   as a broker that does not answer.
 
 pub mod codec;
 pub mod consumer;
 pub mod dedupe;
 pub mod dlq;
 pub mod reader;
+pub mod refusal;
 pub mod settings;
 pub mod state;
 pub mod watermark;
@@ -52,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     consumer::KafkaConsumer,
+    refusal::{LatestRefusal, Refusal},
     settings::{KafkaSettings, SettingsError},
 };
 use super::{Bus, BusError, Consumer};
@@ -100,8 +104,12 @@ pub enum KafkaBusError {
     Client(#[source] KafkaError),
 }
 
-/// librdkafka callbacks of the producer: errors and log lines to tracing.
-pub struct ProducerContext;
+/// librdkafka callbacks of the producer: log lines to tracing; errors too, and the latest
+/// one kept when it says the broker refuses this client (for the health check's reason).
+#[derive(Default)]
+pub struct ProducerContext {
+    refusal: LatestRefusal,
+}
 
 impl ClientContext for ProducerContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -110,8 +118,13 @@ impl ClientContext for ProducerContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "inputbot::bus", "kafka producer: {error}: {reason}");
+        self.refusal.record(&error, reason);
     }
 }
+
+/// How long a failed health check waits for the error callback to say why (it runs on
+/// librdkafka's polling thread, a little after the metadata request failed).
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
 /// What the monitor found last.
 #[derive(Debug, Default)]
@@ -128,6 +141,8 @@ pub struct KafkaBus {
     settings: KafkaSettings,
     options: KafkaOptions,
     producer: FutureProducer<ProducerContext>,
+    /// How the broker refused the producer last, if it did (for the health check's reason).
+    refusal: LatestRefusal,
     topics: Mutex<BTreeSet<String>>,
     health: Arc<HealthState>,
     closed: CancellationToken,
@@ -166,13 +181,17 @@ impl KafkaBus {
             )
             // A topic missing from the metadata fails its records soon, not after 30 s.
             .set("topic.metadata.propagation.max.ms", "2000");
+        let refusal = LatestRefusal::default();
         let producer: FutureProducer<ProducerContext> = config
-            .create_with_context(ProducerContext)
+            .create_with_context(ProducerContext {
+                refusal: refusal.clone(),
+            })
             .map_err(KafkaBusError::Client)?;
         let bus = Arc::new(Self {
             settings,
             options,
             producer,
+            refusal,
             topics: Mutex::new(topics.iter().cloned().collect()),
             health: Arc::new(HealthState::default()),
             closed: CancellationToken::new(),
@@ -236,11 +255,31 @@ impl KafkaBus {
             .cloned()
             .collect();
         let timeout = self.options.health_interval.max(Duration::from_secs(2));
+        let (settings, refusal) = (self.settings.clone(), self.refusal.clone());
         let verdict = tokio::task::spawn_blocking(move || {
-            let metadata = producer
+            let metadata = match producer
                 .client()
                 .fetch_metadata(None, Timeout::After(timeout))
-                .map_err(|e| format!("the Kafka broker does not answer: {e}"))?;
+            {
+                Ok(m) => {
+                    refusal.clear();
+                    m
+                }
+                Err(e) => {
+                    let deadline = Instant::now() + REFUSAL_GRACE;
+                    let refusal = loop {
+                        let r = refusal.get();
+                        if r.is_some() || Instant::now() >= deadline {
+                            break r;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    };
+                    return Err(match refusal {
+                        Some(r) => r.describe(&settings),
+                        None => format!("the Kafka broker does not answer: {e}"),
+                    });
+                }
+            };
             let missing: Vec<&String> = wanted
                 .iter()
                 .filter(|t| {

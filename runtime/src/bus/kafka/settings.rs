@@ -142,6 +142,24 @@ impl KafkaSettings {
                 "INPUTBOT_KAFKA_SECURITY_PROTOCOL={security_protocol} needs INPUTBOT_KAFKA_SASL_USERNAME and INPUTBOT_KAFKA_SASL_PASSWORD"
             )));
         }
+        let tls_cert_file = get("INPUTBOT_KAFKA_TLS_CERT_FILE");
+        let tls_key_file = get("INPUTBOT_KAFKA_TLS_KEY_FILE");
+        if tls_cert_file.is_some() != tls_key_file.is_some() {
+            let (set, unset) = if tls_cert_file.is_some() {
+                (
+                    "INPUTBOT_KAFKA_TLS_CERT_FILE",
+                    "INPUTBOT_KAFKA_TLS_KEY_FILE",
+                )
+            } else {
+                (
+                    "INPUTBOT_KAFKA_TLS_KEY_FILE",
+                    "INPUTBOT_KAFKA_TLS_CERT_FILE",
+                )
+            };
+            return Err(SettingsError::Inconsistent(format!(
+                "{set} is set but {unset} is not: mutual TLS needs the client certificate and its key"
+            )));
+        }
         Ok(Self {
             bootstrap,
             security_protocol,
@@ -149,8 +167,8 @@ impl KafkaSettings {
             sasl_username: sasl_username.filter(|_| sasl),
             sasl_password: sasl_password.filter(|_| sasl),
             tls_ca_file: get("INPUTBOT_KAFKA_TLS_CA_FILE"),
-            tls_cert_file: get("INPUTBOT_KAFKA_TLS_CERT_FILE"),
-            tls_key_file: get("INPUTBOT_KAFKA_TLS_KEY_FILE"),
+            tls_cert_file,
+            tls_key_file,
             client_id: get("POD_NAME").unwrap_or_else(|| default_client_id.to_owned()),
         })
     }
@@ -247,6 +265,33 @@ mod tests {
         assert_eq!(c.get("sasl.password"), Some("hunter2"));
         assert_eq!(c.get("ssl.ca.location"), Some("/ca/ca.crt"));
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_other_way_round() {
+        let base = [
+            ("INPUTBOT_KAFKA_BOOTSTRAP", "k:9094"),
+            ("INPUTBOT_KAFKA_SECURITY_PROTOCOL", "ssl"),
+        ];
+        let mut vars = base.to_vec();
+        vars.push(("INPUTBOT_KAFKA_TLS_CERT_FILE", "/tls/client.crt"));
+        let e = from(&vars).unwrap_err();
+        assert!(
+            e.to_string().contains("INPUTBOT_KAFKA_TLS_KEY_FILE is not"),
+            "{e}"
+        );
+        let mut vars = base.to_vec();
+        vars.push(("INPUTBOT_KAFKA_TLS_KEY_FILE", "/tls/client.key"));
+        let e = from(&vars).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("INPUTBOT_KAFKA_TLS_CERT_FILE is not"),
+            "{e}"
+        );
+        vars.push(("INPUTBOT_KAFKA_TLS_CERT_FILE", "/tls/client.crt"));
+        let c = from(&vars).unwrap().client_config();
+        assert_eq!(c.get("ssl.certificate.location"), Some("/tls/client.crt"));
+        assert_eq!(c.get("ssl.key.location"), Some("/tls/client.key"));
     }
 
     #[test]
