@@ -313,17 +313,28 @@ logger.kafka.level = INFO
 logger.state.name = state.change.logger
 logger.state.level = WARN
 EOF
-  local java_opts
+  local java_opts broker format
   kafka_java_opts
+  kafka_broker_cmd
   id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"
   mkdir -p "$STATE/logs"
-  java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.tools.StorageTool format \
-    -t "$id" -c "$d/server.properties" \
-    --add-scram "SCRAM-SHA-256=[name=$KAFKA_SCRAM256_USER,password=$(<"$s/scram-256.password")]" \
-    --add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM512_USER,password=$(<"$s/scram-512.password")]" \
-    >"$STATE/logs/kafka-format.log" 2>&1 \
-    || die "kafka: storage format failed (see $STATE/logs/kafka-format.log)"
-  launch_kafka
+  # The storage format is a JVM of its own (seconds of CPU): it runs in the broker's process,
+  # which then execs the broker, so the control plane starts meanwhile. A failed format ends
+  # that process, and the wait for the broker reports it with the logs (kafka-format.log).
+  # C1 only for the short-lived format JVM: it starts faster.
+  format=(java -XX:TieredStopAtLevel=1 "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*"
+    kafka.tools.StorageTool format -t "$id" -c "$d/server.properties"
+    --add-scram "SCRAM-SHA-256=[name=$KAFKA_SCRAM256_USER,password=$(<"$s/scram-256.password")]"
+    --add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM512_USER,password=$(<"$s/scram-512.password")]")
+  (
+    umask 077
+    {
+      echo 'set -e'
+      printf '%q ' "${format[@]}"; printf '>%q 2>&1\n' "$STATE/logs/kafka-format.log"
+      printf 'exec '; printf '%q ' "${broker[@]}"; echo
+    } >"$d/format-and-start.sh"
+  )
+  launch kafka bash "$d/format-and-start.sh"
 }
 
 # Sets the caller's `java_opts` for the broker's JVM.
@@ -333,11 +344,17 @@ kafka_java_opts() {
     -Dlog4j2.configurationFile="$d/log4j2.properties" -Dkafka.logs.dir="$d/logs")
 }
 
+# Sets the caller's `broker`: the broker's command line (needs `java_opts`).
+kafka_broker_cmd() {
+  broker=(java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.Kafka "$STATE/kafka/server.properties")
+}
+
 # Starts the broker on the formatted storage and the configuration in $STATE/kafka.
 launch_kafka() {
-  local java_opts
+  local java_opts broker
   kafka_java_opts
-  launch kafka java "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*" kafka.Kafka "$STATE/kafka/server.properties"
+  kafka_broker_cmd
+  launch kafka "${broker[@]}"
 }
 
 kafka_ready() {
