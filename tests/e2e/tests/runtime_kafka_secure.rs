@@ -492,6 +492,14 @@ async fn ingest_refused(access: &Access, expect: &[&str], secrets: &[String]) {
     );
     assert_no_secret(&format!("{}: the log", access.name), &log, secrets);
     assert_no_secret(&format!("{}: the 503", access.name), &body, secrets);
+    // The outside sender learns that nothing was stored, not the bus's internals.
+    for internal in ["INPUTBOT_KAFKA", "127.0.0.1", "kafka"] {
+        assert!(
+            !body.to_ascii_lowercase().contains(&internal.to_ascii_lowercase()),
+            "{}: the 503 tells the sender {internal:?}: {body}",
+            access.name
+        );
+    }
     assert!(
         read_topic(&setup.bootstrap, setup.raw_topic()).is_empty(),
         "{}: nothing was written",

@@ -587,17 +587,22 @@ async fn accept(
     });
     match published.await {
         Ok(Ok(id)) => Ok((StatusCode::ACCEPTED, json!({"id": id}))),
-        Ok(Err(e)) => Err(Refusal::new(
+        // The sender learns that nothing was stored, not why: the bus's reason names broker
+        // addresses, topics, the SASL user or certificate paths, and is in the log above.
+        Ok(Err(_)) => Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("the event could not be stored, nothing was accepted; retry later ({e})"),
+            "the event could not be stored, nothing was accepted; retry later",
         )
         .retry_after(5)),
-        Err(join) => Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the event could not be stored; retry later ({join})"),
-        )
-        .retry_after(5)),
+        Err(join) => {
+            tracing::error!(target: "inputbot::intake", bot = %route.bot, source = %route.source, "publishing task failed: {join}");
+            Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event could not be stored, nothing was accepted; retry later",
+            )
+            .retry_after(5))
+        }
     }
 }
