@@ -495,7 +495,9 @@ async fn ingest_refused(access: &Access, expect: &[&str], secrets: &[String]) {
     // The outside sender learns that nothing was stored, not the bus's internals.
     for internal in ["INPUTBOT_KAFKA", "127.0.0.1", "kafka"] {
         assert!(
-            !body.to_ascii_lowercase().contains(&internal.to_ascii_lowercase()),
+            !body
+                .to_ascii_lowercase()
+                .contains(&internal.to_ascii_lowercase()),
             "{}: the 503 tells the sender {internal:?}: {body}",
             access.name
         );
