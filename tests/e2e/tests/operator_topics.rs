@@ -112,6 +112,18 @@ impl Broker {
         )
         .await;
     }
+
+    /// Waits until a topic-level config reads `want`: the broker applies a committed change
+    /// (creation or AlterConfigs) a moment after the admin call returns, later on a loaded
+    /// machine.
+    async fn wait_config(&self, topic: &str, key: &str, want: &str) {
+        wait_for(
+            &format!("topic {topic}'s {key} to be {want}"),
+            Duration::from_secs(30),
+            || async { (self.config(topic, key).await.as_deref() == Some(want)).then_some(()) },
+        )
+        .await;
+    }
 }
 
 fn ready(name: &str, partitions: i32) -> TopicOutcome {
@@ -139,14 +151,8 @@ async fn admin_mode_creates_topics_with_the_requested_partitions_and_retention()
 
     broker.wait_partitions(&raw, Some(3)).await;
     broker.wait_partitions(&dlq, Some(1)).await;
-    assert_eq!(
-        broker.config(&raw, "retention.ms").await.as_deref(),
-        Some(RETENTION)
-    );
-    assert_eq!(
-        broker.config(&dlq, "retention.ms").await.as_deref(),
-        Some(RETENTION)
-    );
+    broker.wait_config(&raw, "retention.ms", RETENTION).await;
+    broker.wait_config(&dlq, "retention.ms", RETENTION).await;
 
     provisioner
         .delete(&owner, &[raw, dlq])
@@ -187,7 +193,7 @@ async fn admin_mode_grows_partitions_and_refuses_to_shrink() {
             ..ready(&topic, 4)
         }]
     );
-    assert_eq!(broker.partitions(&topic).await, Some(4));
+    broker.wait_partitions(&topic, Some(4)).await;
 
     provisioner.delete(&owner, &[topic]).await.expect("cleanup");
 }
@@ -209,11 +215,8 @@ async fn admin_mode_second_ensure_changes_nothing_and_keeps_config_set_by_others
         .await
         .expect("again");
     assert_eq!(first, second);
-    assert_eq!(broker.partitions(&topic).await, Some(2));
-    assert_eq!(
-        broker.config(&topic, "retention.ms").await.as_deref(),
-        Some(RETENTION)
-    );
+    broker.wait_partitions(&topic, Some(2)).await;
+    broker.wait_config(&topic, "retention.ms", RETENTION).await;
 
     // A changed retention is written back, and a config someone else set survives it
     // (AlterConfigs replaces the whole topic config; the provisioner carries it along).
@@ -226,19 +229,21 @@ async fn admin_mode_second_ensure_changes_nothing_and_keeps_config_set_by_others
         .ensure(&owner, &[other])
         .await
         .expect("someone else's config");
+    // Seen by the broker before the next ensure reads it (else that ensure could read the
+    // old value, change nothing, and the broker apply this one after it).
+    broker.wait_config(&topic, "retention.ms", "7200000").await;
+    broker
+        .wait_config(&topic, "max.message.bytes", "65536")
+        .await;
     let changed = provisioner
         .ensure(&owner, &[request(&topic, 2)])
         .await
         .expect("retention back");
     assert_eq!(changed, [ready(&topic, 2)]);
-    assert_eq!(
-        broker.config(&topic, "retention.ms").await.as_deref(),
-        Some(RETENTION)
-    );
-    assert_eq!(
-        broker.config(&topic, "max.message.bytes").await.as_deref(),
-        Some("65536")
-    );
+    broker.wait_config(&topic, "retention.ms", RETENTION).await;
+    broker
+        .wait_config(&topic, "max.message.bytes", "65536")
+        .await;
 
     provisioner.delete(&owner, &[topic]).await.expect("cleanup");
 }
@@ -310,12 +315,7 @@ async fn admin_mode_creates_the_topics_of_concurrent_reconciles_in_shared_reques
         "{OWNERS} concurrent ensures sent {requests} CreateTopics requests; they must share them"
     );
     for topic in wanted.iter().flatten() {
-        assert_eq!(
-            broker.partitions(&topic.name).await,
-            Some(2),
-            "{}",
-            topic.name
-        );
+        broker.wait_partitions(&topic.name, Some(2)).await;
     }
     eprintln!(
         "{} topics for {OWNERS} owners in {requests} requests, {took:?}",
@@ -371,7 +371,7 @@ async fn admin_mode_reports_a_replication_factor_the_broker_cannot_meet_as_perma
         .expect_err("three replicas on one broker");
     assert!(err.is_permanent(), "not permanent: {err}");
     assert!(err.to_string().contains(&topic), "{err}");
-    assert_eq!(broker.partitions(&topic).await, None);
+    broker.wait_partitions(&topic, None).await;
 }
 
 #[tokio::test]
