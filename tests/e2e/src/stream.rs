@@ -44,6 +44,25 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// POSTs `body` to `url` as JSON signed with `secret` as GitHub signs it, with a fresh delivery id.
+pub async fn post_signed(
+    client: &reqwest::Client,
+    secret: &str,
+    url: &str,
+    body: &Value,
+) -> reqwest::Response {
+    let bytes = serde_json::to_vec(body).expect("json");
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature(secret, &bytes))
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .body(bytes)
+        .send()
+        .await
+        .expect("ingest answers")
+}
+
 /// A test's components: configs, Secrets (`creds/hmac`) and every topic, in a temporary
 /// directory.
 pub struct Setup {

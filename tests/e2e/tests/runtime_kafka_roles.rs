@@ -13,7 +13,7 @@ use futures::StreamExt;
 use inputbot_e2e::runtime::{
     RoleProcess, Target, free_port, inputbot_binary, read_topic, write_configs, write_secret,
 };
-use inputbot_e2e::stream::{Setup, signature, wait_until};
+use inputbot_e2e::stream::{Setup, post_signed, wait_until};
 use inputbot_e2e::unique_suffix;
 use inputbot_runtime::dlq::DeadLetter;
 use serde_json::{Value, json};
@@ -69,19 +69,6 @@ spec:
 
 const FAST_RETRY: &str = "    retry: {maxAttempts: 2, initialDelay: 1ms, maxDelay: 5ms, jitter: false}\n    circuitBreaker: {minRequests: 100000}";
 
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
-    let bytes = serde_json::to_vec(body).expect("json");
-    client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", signature(SECRET, &bytes))
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .body(bytes)
-        .send()
-        .await
-        .expect("ingest answers")
-}
-
 /// The topics the tests here look at, by a short name.
 fn topics(setup: &Setup) -> BTreeMap<&'static str, String> {
     let resolved = &setup.resolved;
@@ -133,7 +120,7 @@ async fn three_roles_as_processes_deliver_signed_webhooks_and_dead_letter_failur
     let ingest = roles[3].url("/gh");
     for n in 0..20 {
         let kind = if n % 5 == 4 { "skip" } else { "ticket" };
-        let r = post(&client, &ingest, &json!({"kind": kind, "n": n})).await;
+        let r = post_signed(&client, SECRET, &ingest, &json!({"kind": kind, "n": n})).await;
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
     }
     let expected: BTreeSet<i64> = (0..20).filter(|n| n % 5 != 4).collect();
@@ -388,7 +375,9 @@ async fn restart_mid_stream(role: &str, stop: Stop) {
                         let kind = if n % 10 == 9 { "skip" } else { "ticket" };
                         // A sender retries what was not accepted; 503s are allowed, never loss.
                         for _ in 0..50 {
-                            let r = post(&client, &url, &json!({"kind": kind, "n": n})).await;
+                            let r =
+                                post_signed(&client, SECRET, &url, &json!({"kind": kind, "n": n}))
+                                    .await;
                             if r.status() == 202 {
                                 return Some(n);
                             }
@@ -539,8 +528,9 @@ async fn ingest_answers_503_with_retry_after_while_the_broker_is_unreachable() {
     assert_eq!(ready.status(), 503, "not ready while the broker is down");
     for n in 0..3 {
         let started = Instant::now();
-        let r = post(
+        let r = post_signed(
             &client,
+            SECRET,
             &ingest.url("/gh"),
             &json!({"kind": "ticket", "n": n}),
         )

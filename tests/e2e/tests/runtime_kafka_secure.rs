@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use inputbot_e2e::runtime::{Target, create_topics, inputbot_binary, read_topic};
-use inputbot_e2e::stream::{Setup, signature, wait_until};
+use inputbot_e2e::stream::{Setup, post_signed, wait_until};
 use inputbot_e2e::{HOW_TO_RUN, kafka_bootstrap, setting, unique_suffix};
 use inputbot_runtime::bus::{Bus, BusError, Consumer, KafkaBus, KafkaOptions, KafkaSettings};
 use inputbot_runtime::event::Event;
@@ -359,19 +359,6 @@ spec:
     )
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
-    let bytes = serde_json::to_vec(body).expect("json");
-    client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-hub-signature-256", signature(SECRET, &bytes))
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .body(bytes)
-        .send()
-        .await
-        .expect("ingest answers")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_roles_as_processes_each_on_another_secured_listener_deliver_and_dead_letter() {
     let _serial = SERIAL.lock().await;
@@ -395,7 +382,7 @@ async fn the_roles_as_processes_each_on_another_secured_listener_deliver_and_dea
     let client = reqwest::Client::new();
     let ingest = roles[3].url("/gh");
     for n in 0..10 {
-        let r = post(&client, &ingest, &json!({"n": n})).await;
+        let r = post_signed(&client, SECRET, &ingest, &json!({"n": n})).await;
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
     }
     let expected: BTreeSet<i64> = (0..10).collect();
@@ -476,7 +463,7 @@ async fn ingest_refused(access: &Access, expect: &[&str], secrets: &[String]) {
         assert_eq!(r.status(), 503, "{}: ready although refused", access.name);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let r = post(&client, &ingest.url("/gh"), &json!({"n": 1})).await;
+    let r = post_signed(&client, SECRET, &ingest.url("/gh"), &json!({"n": 1})).await;
     assert_eq!(r.status(), 503, "{}: a webhook while refused", access.name);
     assert!(r.headers().contains_key("retry-after"));
     let body = r.text().await.unwrap_or_default();

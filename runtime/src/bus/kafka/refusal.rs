@@ -42,8 +42,8 @@ impl Refusal {
         }
     }
 
-    /// What a person reads in the log and the `503`: what the settings expected and what the
-    /// broker answered.
+    /// What a person reads in the log and the readiness reason: what the settings expected
+    /// and what the broker answered (never shown to webhook senders).
     pub fn describe(&self, settings: &KafkaSettings) -> String {
         match self {
             Refusal::Authentication(found) => format!(
