@@ -313,17 +313,20 @@ logger.kafka.level = INFO
 logger.state.name = state.change.logger
 logger.state.level = WARN
 EOF
-  local java_opts broker format
+  local java_opts broker format id
   kafka_java_opts
   kafka_broker_cmd
-  id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"
+  # A cluster id is 16 random bytes in URL-safe base64. Like Kafka's own random-uuid, never one
+  # that starts with '-' (1 in 64): tools read such a value as an option.
+  id=-
+  while [[ "$id" == -* ]]; do id="$(openssl rand 16 | base64 | tr '+/' '-_' | tr -d '=')"; done
   mkdir -p "$STATE/logs"
   # The storage format is a JVM of its own (seconds of CPU): it runs in the broker's process,
   # which then execs the broker, so the control plane starts meanwhile. A failed format ends
   # that process, and the wait for the broker reports it with the logs (kafka-format.log).
   # C1 only for the short-lived format JVM: it starts faster.
   format=(java -XX:TieredStopAtLevel=1 "${java_opts[@]}" -cp "$INPUTBOT_KAFKA_LIBS/*"
-    kafka.tools.StorageTool format -t "$id" -c "$d/server.properties"
+    kafka.tools.StorageTool format --cluster-id="$id" -c "$d/server.properties"
     --add-scram "SCRAM-SHA-256=[name=$KAFKA_SCRAM256_USER,password=$(<"$s/scram-256.password")]"
     --add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM512_USER,password=$(<"$s/scram-512.password")]")
   (
