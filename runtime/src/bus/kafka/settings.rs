@@ -12,6 +12,7 @@
 //! | `INPUTBOT_KAFKA_TLS_CA_FILE` | `ssl.ca.location` |
 //! | `INPUTBOT_KAFKA_TLS_CERT_FILE`, `…_KEY_FILE` | `ssl.certificate.location`, `ssl.key.location` |
 //! | `POD_NAME` | `client.id` (else `inputbot-<role>`) |
+//! | `INPUTBOT_KAFKA_DEBUG` | `debug` (librdkafka's debug contexts, e.g. `broker,metadata`; its lines are logged at `debug` on `inputbot::bus`) |
 
 use rdkafka::ClientConfig;
 
@@ -59,6 +60,8 @@ pub struct KafkaSettings {
     pub tls_key_file: Option<String>,
     /// `client.id`: the pod's name, so brokers' logs and quotas name the pod.
     pub client_id: String,
+    /// librdkafka's `debug` contexts (to diagnose a client), if any.
+    pub debug: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for KafkaSettings {
             )
             .field("tls_ca_file", &self.tls_ca_file)
             .field("client_id", &self.client_id)
+            .field("debug", &self.debug)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +174,7 @@ impl KafkaSettings {
             tls_cert_file,
             tls_key_file,
             client_id: get("POD_NAME").unwrap_or_else(|| default_client_id.to_owned()),
+            debug: get("INPUTBOT_KAFKA_DEBUG"),
         })
     }
 
@@ -183,6 +188,9 @@ impl KafkaSettings {
             .set("allow.auto.create.topics", "false")
             // librdkafka logs through the `log` crate, which this binary does not route.
             .set("log_level", "3");
+        if let Some(d) = &self.debug {
+            c.set("debug", d).set("log_level", "7");
+        }
         if let Some(m) = &self.sasl_mechanism {
             c.set("sasl.mechanism", m);
         }
