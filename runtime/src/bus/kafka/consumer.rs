@@ -476,9 +476,18 @@ impl Consumer for KafkaConsumer {
                     Err(e) => {
                         tracing::warn!(target: "inputbot::bus", topic = %self.topic, group = %self.group,
                             "kafka consumer: {e}");
+                        // librdkafka queues one non-fatal error (all brokers down, transport
+                        // failure) per reconnect attempt while the broker is away, and recovers
+                        // by itself: drain them at once. Sleeping a second per error left a
+                        // backlog of them between the member and its records and rebalance
+                        // events for minutes after a broker restart.
+                        let pause = match e {
+                            KafkaError::MessageConsumption(_) => Duration::from_millis(5),
+                            _ => Duration::from_secs(1),
+                        };
                         tokio::select! {
                             () = self.closed.cancelled() => return None,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = tokio::time::sleep(pause) => {}
                         }
                     }
                 }
