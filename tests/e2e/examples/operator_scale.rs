@@ -32,14 +32,31 @@ use serde_json::json;
 const CONCURRENCY: usize = 32;
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmRSS:")
+}
+
+/// One number from `/proc/PID/status` (`VmRSS:`, `RssAnon:`, `RssFile:`, `Threads:`).
+fn status_field(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// What the RSS is made of at a moment: anonymous memory (heap, stacks, the allocator's
+/// arenas), file-backed pages (the binary and shared libraries) and the thread count.
+fn rss_parts(pid: u32) -> String {
+    let mib = |f| status_field(pid, f).unwrap_or(0) as f64 / 1024.0;
+    format!(
+        "anon {:.1} MiB, file {:.1} MiB, {} threads",
+        mib("RssAnon:"),
+        mib("RssFile:"),
+        status_field(pid, "Threads:").unwrap_or(0)
+    )
 }
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
@@ -235,15 +252,24 @@ async fn main() {
     let pid = op.pid().expect("the operator runs");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = rss_kib(pid).unwrap_or(0);
-    println!("operator idle RSS: {:.1} MiB", idle as f64 / 1024.0);
+    println!(
+        "operator idle RSS: {:.1} MiB ({})",
+        idle as f64 / 1024.0,
+        rss_parts(pid)
+    );
 
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let peak_parts = std::sync::Arc::new(std::sync::Mutex::new(rss_parts(pid)));
     let sampler = {
         let peak = peak.clone();
+        let peak_parts = peak_parts.clone();
         tokio::spawn(async move {
             loop {
                 if let Some(r) = rss_kib(pid) {
-                    peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                    let before = peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                    if r > before {
+                        *peak_parts.lock().expect("not poisoned") = rss_parts(pid);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -377,6 +403,11 @@ async fn main() {
         "steady state: {steady_writes} API writes and {steady_reconciles} reconciles in {steady} s; RSS {:.1} MiB; peak RSS {:.1} MiB",
         rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
         peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    );
+    println!(
+        "RSS at the peak: {}; at the end: {}",
+        peak_parts.lock().expect("not poisoned"),
+        rss_parts(pid)
     );
     drop(op);
 }

@@ -3,6 +3,7 @@
 //! ```text
 //!  ensure(requests)
 //!    1. metadata of each requested topic   (read)   → missing | partitions + replication factor
+//!       (one all-topics request shared with the other reconciles waiting meanwhile: [`metadata`])
 //!    2. create the missing ones            (write)  "already exists" races → treated as existing
 //!       (in one request with those of other reconciles running meanwhile: [`batch`])
 //!    3. grow partitions that are too few   (write)  never shrink: a topic with more is reported
@@ -30,8 +31,10 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use super::{TopicError, TopicOutcome, TopicOwner, TopicProvisioner, TopicRequest};
 
 mod batch;
+mod metadata;
 
 use batch::{BatchFailure, Batcher};
+use metadata::{MetadataReader, ReadFailure};
 
 /// The timeout of one admin request when the caller has no opinion.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,11 +45,13 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// Provisions topics with the Kafka Admin API (`admin` mode).
 pub struct AdminProvisioner {
-    // Behind an `Arc` so the blocking metadata call can own a handle on the blocking pool.
+    // Behind an `Arc`: the batcher and the metadata reader hold it too.
     client: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
     /// Creates topics in batches; started on first use (it needs the tokio runtime).
     batcher: OnceLock<Batcher>,
+    /// Reads topic metadata in shared all-topics requests; started on first use.
+    reader: OnceLock<MetadataReader>,
 }
 
 /// How long the admin client keeps a topic's metadata (see [`AdminProvisioner::new`]).
@@ -58,13 +63,13 @@ impl AdminProvisioner {
     /// [`DEFAULT_TIMEOUT`] is a sensible value.
     ///
     /// Automatic topic creation is switched off for this client
-    /// (`allow.auto.create.topics=false`): asking for the metadata of a missing topic must not
-    /// make a broker with `auto.create.topics.enable` create it with its defaults.
+    /// (`allow.auto.create.topics=false`): nothing this client asks may make a broker with
+    /// `auto.create.topics.enable` create a topic with its defaults.
     ///
-    /// librdkafka keeps the metadata of every topic it was asked about for
-    /// `metadata.max.age.ms` (15 minutes by default): at 1,000 bots, 5,000 topics' worth, an
-    /// eighth of the operator's heap. Each check asks the broker afresh and nothing reads the
-    /// cache, so entries here live [`METADATA_MAX_AGE`] only.
+    /// librdkafka keeps the metadata of every topic it has seen for `metadata.max.age.ms`
+    /// (15 minutes by default), and an all-topics read sees them all: at 1,000 bots, 5,000
+    /// topics' worth. Each check asks the broker afresh and nothing reads the cache, so
+    /// entries here live [`METADATA_MAX_AGE`] only.
     pub fn new(config: &ClientConfig, timeout: Duration) -> KafkaResult<AdminProvisioner> {
         let mut config = config.clone();
         config.set("allow.auto.create.topics", "false");
@@ -80,6 +85,7 @@ impl AdminProvisioner {
             client: Arc::new(client),
             timeout,
             batcher: OnceLock::new(),
+            reader: OnceLock::new(),
         })
     }
 
@@ -108,37 +114,35 @@ impl AdminProvisioner {
         }
     }
 
-    /// Reads the metadata of one topic (a blocking librdkafka call, run on the blocking pool).
-    async fn describe(&self, topic: &str) -> Result<Found, TopicError> {
-        let client = Arc::clone(&self.client);
-        let name = topic.to_string();
-        let timeout = self.timeout;
-        let task = tokio::task::spawn_blocking(move || -> KafkaResult<Option<Found>> {
-            let metadata = client.inner().fetch_metadata(Some(&name), timeout)?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == name)
-                .map(|t| {
-                    let partitions = t.partitions();
-                    Found::from_metadata(
-                        t.error().map(RDKafkaErrorCode::from),
-                        partitions.len(),
-                        partitions.first().map(|p| p.replicas().len()),
-                    )
-                }))
-        });
-        match tokio::time::timeout(timeout + GRACE, task).await {
-            Err(_) => Err(timed_out(topic, "metadata", timeout)),
-            Ok(Err(join)) => Err(TopicError::Kafka {
-                topic: topic.to_string(),
-                message: format!("metadata request did not complete: {join}"),
+    /// Reads the metadata of `topics`, in order (in the next shared request, [`metadata`]).
+    async fn describe_all(&self, topics: Vec<String>) -> Result<Vec<Found>, TopicError> {
+        let first = topics.first().cloned().unwrap_or_default();
+        let reader = self
+            .reader
+            .get_or_init(|| MetadataReader::start(Arc::clone(&self.client), self.timeout));
+        reader.describe(topics).await.map_err(|failure| match failure {
+            ReadFailure::Kafka(e) => kafka_error(&first, "metadata", &e),
+            ReadFailure::TimedOut => timed_out(&first, "metadata", self.timeout),
+            ReadFailure::Lost(why) => TopicError::Kafka {
+                topic: first.clone(),
+                message: format!("metadata request did not complete: {why}"),
                 permanent: false,
-            }),
-            Ok(Ok(Err(e))) => Err(kafka_error(topic, "metadata", &e)),
-            Ok(Ok(Ok(None))) => Ok(Found::Missing),
-            Ok(Ok(Ok(Some(Found::Failed(code))))) => Err(code_error(topic, "metadata", code)),
-            Ok(Ok(Ok(Some(found)))) => Ok(found),
+            },
+            ReadFailure::Closed => TopicError::Kafka {
+                topic: first.clone(),
+                message: "metadata: the operator is shutting down".into(),
+                permanent: false,
+            },
+        })
+    }
+
+    /// Reads the metadata of one topic; a topic the broker answers with an error for is one.
+    async fn describe(&self, topic: &str) -> Result<Found, TopicError> {
+        let found = self.describe_all(vec![topic.to_string()]).await?;
+        match found.into_iter().next() {
+            Some(Found::Failed(code)) => Err(code_error(topic, "metadata", code)),
+            Some(found) => Ok(found),
+            None => Ok(Found::Missing),
         }
     }
 
@@ -468,8 +472,16 @@ impl TopicProvisioner for AdminProvisioner {
             topics = topics.len(),
             "ensuring Kafka topics"
         );
-        let found =
-            futures::future::try_join_all(topics.iter().map(|t| self.describe(&t.name))).await?;
+        let found = self
+            .describe_all(topics.iter().map(|t| t.name.clone()).collect())
+            .await?;
+        if let Some((t, Found::Failed(code))) = topics
+            .iter()
+            .zip(&found)
+            .find(|(_, f)| matches!(f, Found::Failed(_)))
+        {
+            return Err(code_error(&t.name, "metadata", *code));
+        }
 
         let missing: Vec<&TopicRequest> = topics
             .iter()
