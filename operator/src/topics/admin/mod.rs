@@ -120,20 +120,23 @@ impl AdminProvisioner {
         let reader = self
             .reader
             .get_or_init(|| MetadataReader::start(Arc::clone(&self.client), self.timeout));
-        reader.describe(topics).await.map_err(|failure| match failure {
-            ReadFailure::Kafka(e) => kafka_error(&first, "metadata", &e),
-            ReadFailure::TimedOut => timed_out(&first, "metadata", self.timeout),
-            ReadFailure::Lost(why) => TopicError::Kafka {
-                topic: first.clone(),
-                message: format!("metadata request did not complete: {why}"),
-                permanent: false,
-            },
-            ReadFailure::Closed => TopicError::Kafka {
-                topic: first.clone(),
-                message: "metadata: the operator is shutting down".into(),
-                permanent: false,
-            },
-        })
+        reader
+            .describe(topics)
+            .await
+            .map_err(|failure| match failure {
+                ReadFailure::Kafka(e) => kafka_error(&first, "metadata", &e),
+                ReadFailure::TimedOut => timed_out(&first, "metadata", self.timeout),
+                ReadFailure::Lost(why) => TopicError::Kafka {
+                    topic: first.clone(),
+                    message: format!("metadata request did not complete: {why}"),
+                    permanent: false,
+                },
+                ReadFailure::Closed => TopicError::Kafka {
+                    topic: first.clone(),
+                    message: "metadata: the operator is shutting down".into(),
+                    permanent: false,
+                },
+            })
     }
 
     /// Reads the metadata of one topic; a topic the broker answers with an error for is one.
