@@ -1,7 +1,7 @@
 //! Topic metadata reads, shared. Asking librdkafka about one topic by name
 //! (`fetch_metadata(Some(topic))`) makes it create a topic handle with its partitions and
-//! queues, and the client keeps those until it is destroyed: at 1,000 bots, 5,000 topics'
-//! worth, a fifth of the operator's heap (`docs/benchmarks.md`, run 10). A request for every
+//! queues, and the client keeps those until it is destroyed: 5,000 topics' worth at 1,000
+//! bots; at 300 bots about 7 MB of a 23 MB heap (`docs/benchmarks.md`, run 10). A request for every
 //! topic's metadata creates no handle; one such request answers every reconcile waiting
 //! meanwhile:
 //!
